@@ -1,0 +1,158 @@
+"""Application assembly: `build_app(config)` wires the stages, the shared upstream session
+and the routes; `request_middleware` gives every request its id and context, answers every
+error in the OpenAI shape and writes one access line per request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import TextIO
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import handlers
+from gateway.appkeys import AUTHENTICATOR, CONFIG, LOG, REQUEST_CONTEXT, ROUTER, UPSTREAMS
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.observability.logs import make_logger, where_it_failed
+from gateway.stages.auth import Authenticator
+from gateway.stages.route import Router
+from gateway.upstream.client import UpstreamClient
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# nginx's code for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
+
+
+def build_app(config: GatewayConfig, *, log_stream: TextIO | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[request_middleware],
+        client_max_size=config.server.max_body_bytes,
+        handler_args={"max_field_size": 16 * 1024},
+    )
+    app[CONFIG] = config
+    app[AUTHENTICATOR] = Authenticator(config)
+    app[ROUTER] = Router(config)
+    app[LOG] = make_logger(config.server, log_stream)
+    app.cleanup_ctx.append(_upstream_session)
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    connector = aiohttp.TCPConnector(
+        limit=sum(u.max_connections for u in config.upstreams.values()),
+        limit_per_host=max(u.max_connections for u in config.upstreams.values()),
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        # The gateway sends exactly the headers each call builds: no cookies, no defaults.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+        auto_decompress=True,
+    )
+    app[UPSTREAMS] = UpstreamClient(config, session)
+    yield
+    await session.close()
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    ctx = request.get(REQUEST_CONTEXT)
+    if ctx is not None:
+        response.headers["x-request-id"] = ctx.request_id
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given is not None and _CLIENT_REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = RequestContext(request_id=_request_id(request))
+    request[REQUEST_CONTEXT] = ctx
+    try:
+        response = await handler(request)
+        ctx.status = response.status
+        return response
+    except GatewayError as error:
+        return _error_response(ctx, error)
+    except web.HTTPException as http_error:
+        return _error_response(ctx, _from_http_exception(http_error))
+    except asyncio.CancelledError:
+        ctx.status, ctx.outcome = CLIENT_CLOSED, "client_aborted"
+        raise
+    except ConnectionResetError:
+        ctx.status, ctx.outcome = CLIENT_CLOSED, "client_aborted"
+        raise
+    except Exception as exc:
+        request.app[LOG].error(
+            "internal_error", request_id=ctx.request_id, where=where_it_failed(exc)
+        )
+        return _error_response(ctx, InternalError("The gateway failed on its own; this is a bug."))
+    finally:
+        _access_line(request, ctx)
+
+
+def _error_response(ctx: RequestContext, error: GatewayError) -> web.Response:
+    ctx.status = error.status
+    return web.Response(
+        status=error.status,
+        body=error.body_bytes(),
+        content_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
+    """aiohttp's own refusals (unknown route, wrong method, body too large) in our shape."""
+    if isinstance(http_error, web.HTTPNotFound):
+        return NotFound("No such endpoint.")
+    if isinstance(http_error, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed("This endpoint does not accept that HTTP method.")
+    if isinstance(http_error, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is larger than the gateway accepts.")
+    if 400 <= http_error.status < 500:
+        return InvalidRequest(f"The request was refused (HTTP {http_error.status}).")
+    return InternalError("The gateway failed on its own; this is a bug.")
+
+
+def _access_line(request: web.Request, ctx: RequestContext) -> None:
+    usage = ctx.usage
+    request.app[LOG].info(
+        "request",
+        request_id=ctx.request_id,
+        method=request.method,
+        path=request.path if request.match_info.route.resource is not None else "(unknown)",
+        team=ctx.team,
+        model=ctx.model,
+        upstream=ctx.upstream,
+        stream=ctx.stream,
+        status=ctx.status,
+        outcome=ctx.outcome,
+        latency_ms=round(ctx.elapsed_ms(), 3),
+        first_byte_ms=None if ctx.first_byte is None else round(ctx.first_byte, 3),
+        prompt_tokens=None if usage is None else usage.prompt_tokens,
+        completion_tokens=None if usage is None else usage.completion_tokens,
+    )

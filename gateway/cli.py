@@ -1,0 +1,162 @@
+"""`llm-gateway` command line: serve | check-config | hash-key | fake-upstream | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.stages.auth import hash_key
+from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+DEMO_TEAM_KEY = "gw-demo-key-for-local-use-only"
+DEMO_UPSTREAM_KEY_ENV = "DEMO_UPSTREAM_KEY"
+DEMO_FAKE_PORT = 9100
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    serve_cmd.add_argument("--config", required=True, type=Path)
+    serve_cmd.add_argument("--host", help="overrides server.host")
+    serve_cmd.add_argument("--port", type=int, help="overrides server.port")
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("config", type=Path)
+
+    commands.add_parser("hash-key", help="make a new team key and its hash for the config")
+
+    fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=DEMO_FAKE_PORT)
+    fake.add_argument("--delay", type=float, default=0.0, help="seconds between stream events")
+    fake.add_argument("--behavior", default="", help="default fault, e.g. 'status=503'")
+    fake.add_argument("--api-key", help="require this upstream key")
+
+    demo = commands.add_parser("demo", help="the gateway on the demo config with a fake upstream")
+    demo.add_argument("--port", type=int, help="overrides server.port of the demo config")
+
+    args = parser.parse_args(argv)
+    run: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": _serve,
+        "check-config": _check_config,
+        "hash-key": _hash_key,
+        "fake-upstream": _fake_upstream,
+        "demo": _demo,
+    }
+    return run[args.command](args)
+
+
+def _load_or_explain(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load_or_explain(args.config)
+    if config is None:
+        return 2
+    print(
+        f"{args.config}: ok ({len(config.upstreams)} upstreams, {len(config.models)} models, "
+        f"{len(config.teams)} teams)"
+    )
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    key = "gw-" + secrets.token_urlsafe(32)
+    print(f"key:  {key}")
+    print(f"hash: {hash_key(key)}")
+    print(
+        "Give the key to the team; put only the hash in teams.<name>.key_hashes.", file=sys.stderr
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load_or_explain(args.config)
+    if config is None:
+        return 2
+    _run(build_app(config), config, args.host, args.port)
+    return 0
+
+
+def _run(app: web.Application, config: GatewayConfig, host: str | None, port: int | None) -> None:
+    web.run_app(
+        app,
+        host=host or config.server.host,
+        port=port if port is not None else config.server.port,
+        access_log=None,  # the gateway writes its own access line, without secrets
+        handler_cancellation=True,  # a client that leaves cancels its upstream call
+        shutdown_timeout=config.server.shutdown_timeout,
+        loop=_new_loop(),
+        print=None,
+    )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _fake_upstream(args: argparse.Namespace) -> int:
+    upstream = FakeUpstream(default=Behavior.parse(args.behavior, Behavior(delay=args.delay)))
+    upstream.api_key = args.api_key
+    web.run_app(
+        upstream.app(),
+        host=args.host,
+        port=args.port,
+        handler_cancellation=True,
+        access_log=None,
+        loop=_new_loop(),
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    upstream_key = os.environ.setdefault(DEMO_UPSTREAM_KEY_ENV, "demo-upstream-key")
+    config = _load_or_explain(DEMO_CONFIG)
+    if config is None:
+        return 2
+    upstream = FakeUpstream(default=Behavior(delay=0.02), api_key=upstream_key)
+
+    async def fake_upstream(app: web.Application) -> AsyncIterator[None]:
+        runner = await serve("127.0.0.1", DEMO_FAKE_PORT, upstream)
+        yield
+        await runner.cleanup()
+
+    app = build_app(config)
+    app.cleanup_ctx.insert(0, fake_upstream)
+    port = args.port if args.port is not None else config.server.port
+    print(
+        f"llm-gateway demo on http://{config.server.host}:{port}/v1 "
+        f"(fake upstream on 127.0.0.1:{DEMO_FAKE_PORT}); team key: {DEMO_TEAM_KEY}\n"
+        "Ctrl-C stops it.",
+        file=sys.stderr,
+        flush=True,
+    )
+    _run(app, config, None, port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The gateway's configuration: one frozen pydantic tree, loaded once from a YAML file.
+
+Owns the schema (server, upstreams, models, teams), the cross-reference rules between them
+(a model's upstream exists, a team's model exists, aliases are unique, a key hash belongs to
+one team) and the resolution of secrets: an upstream key is read from the environment
+variable the file names, never from the file itself. Every problem is reported with the
+exact path of the field that holds it, e.g. `teams.search.models[1]`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")]
+KeyHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be served, with one `path: problem` line per error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class EnvSecret:
+    """A secret read from the environment; its repr names the variable, never the value."""
+
+    variable: str
+    value: str
+
+    def __repr__(self) -> str:
+        return f"EnvSecret(variable={self.variable!r})"
+
+    __str__ = __repr__
+
+
+class ServerConfig(BaseModel):
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Requests bodies above this are refused with 413 before they are read.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    # Largest single SSE event accepted from an upstream; a larger one ends the stream.
+    max_event_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    # Largest non-streamed answer accepted from an upstream.
+    max_upstream_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "json"
+    # Seconds that in-flight requests get to finish on shutdown.
+    shutdown_timeout: Seconds = 30.0
+
+
+class UpstreamTimeouts(BaseModel):
+    model_config = _FROZEN
+
+    connect: Seconds = 5.0
+    # Longest silence on the socket: time to the response headers, and the idle gap
+    # between two stream events.
+    read: Seconds = 60.0
+    total: Seconds = 600.0
+
+
+class UpstreamConfig(BaseModel):
+    model_config = _FROZEN
+
+    base_url: AnyHttpUrl
+    dialect: Literal["openai", "together"] = "openai"
+    # The name of the environment variable that holds this upstream's API key.
+    api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    max_connections: Annotated[int, Field(ge=1)] = 100
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _read_secret(cls, variable: Any, info: ValidationInfo) -> EnvSecret | None:
+        if variable is None:
+            return None
+        if not isinstance(variable, str) or not variable:
+            raise ValueError("expected the name of an environment variable")
+        environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+        value = environ.get(variable)
+        if not value:
+            raise ValueError(f"environment variable {variable} is not set or empty")
+        return EnvSecret(variable, value)
+
+    @property
+    def chat_url(self) -> str:
+        return str(self.base_url).rstrip("/") + "/chat/completions"
+
+
+class ModelUpstream(BaseModel):
+    model_config = _FROZEN
+
+    upstream: Name
+    # The model's name at that upstream, when it differs from the public name.
+    model: str | None = None
+
+
+class ModelConfig(BaseModel):
+    model_config = _FROZEN
+
+    aliases: list[Name] = []
+    context_window: Annotated[int, Field(ge=1)] | None = None
+    owned_by: str = "llm-gateway"
+    upstreams: Annotated[list[ModelUpstream], Field(min_length=1)]
+
+
+class TeamConfig(BaseModel):
+    model_config = _FROZEN
+
+    # SHA-256 hex digests of the team's API keys (`llm-gateway hash-key` makes them).
+    key_hashes: Annotated[list[KeyHash], Field(min_length=1)]
+    # Public model names (or aliases) the team may use; "*" for every model.
+    models: Annotated[list[str], Field(min_length=1)]
+
+
+class GatewayConfig(BaseModel):
+    model_config = _FROZEN
+
+    server: ServerConfig = ServerConfig()
+    upstreams: dict[Name, UpstreamConfig]
+    models: dict[Name, ModelConfig]
+    teams: dict[Name, TeamConfig]
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _cross_reference_problems(config: GatewayConfig) -> list[str]:
+    problems: list[str] = []
+    public_names: dict[str, str] = {}
+    for name, model in config.models.items():
+        for i, target in enumerate(model.upstreams):
+            if target.upstream not in config.upstreams:
+                problems.append(
+                    f"models.{name}.upstreams[{i}].upstream: unknown upstream "
+                    f"'{target.upstream}' (known: {', '.join(sorted(config.upstreams))})"
+                )
+        for j, label in enumerate([name, *model.aliases]):
+            where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
+            if label in public_names:
+                problems.append(f"{where}: '{label}' is already used by {public_names[label]}")
+            else:
+                public_names[label] = where
+    owner_of_hash: dict[str, str] = {}
+    for team_name, team in config.teams.items():
+        for i, wanted in enumerate(team.models):
+            if wanted != "*" and wanted not in public_names:
+                problems.append(f"teams.{team_name}.models[{i}]: unknown model '{wanted}'")
+        for i, key_hash in enumerate(team.key_hashes):
+            where = f"teams.{team_name}.key_hashes[{i}]"
+            if key_hash in owner_of_hash:
+                problems.append(
+                    f"{where}: the same key is already given to {owner_of_hash[key_hash]}"
+                )
+            else:
+                owner_of_hash[key_hash] = where
+    return problems
+
+
+def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate an already-parsed document; raises ConfigError listing every problem."""
+    try:
+        config = GatewayConfig.model_validate(
+            raw, context={"environ": os.environ if environ is None else environ}
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            [
+                f"{_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                for err in exc.errors(include_input=False)
+            ]
+        ) from None
+    problems = _cross_reference_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate a YAML configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse_config(raw, environ)

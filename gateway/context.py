@@ -1,0 +1,31 @@
+"""The per-request record every stage writes to and the access line reads from."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    team: str | None = None
+    model: str | None = None
+    upstream: str | None = None
+    stream: bool = False
+    status: int = 0
+    # How the request ended when it did not end with a plain response: "client_aborted",
+    # "upstream_cut" (a stream that stopped without [DONE]).
+    outcome: str = "ok"
+    usage: Usage | None = None
+    first_byte: float | None = None
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0

@@ -1,0 +1,14 @@
+"""Upstream dialects by the name a configuration uses for them."""
+
+from __future__ import annotations
+
+from gateway.dialects.base import UpstreamDialect
+from gateway.dialects.openai import OpenAIDialect
+from gateway.dialects.together import TogetherDialect
+
+DIALECTS: dict[str, UpstreamDialect] = {
+    "openai": OpenAIDialect(),
+    "together": TogetherDialect(),
+}
+
+__all__ = ["DIALECTS", "UpstreamDialect"]

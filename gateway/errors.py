@@ -1,0 +1,108 @@
+"""The gateway's error vocabulary: every failure a client can see, as an exception that
+already knows its HTTP status and its OpenAI-shaped body.
+
+Messages never contain the value a client submitted (it may be a key or patient data),
+only the name of the parameter and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import to_json
+
+
+class GatewayError(Exception):
+    """Base of every error answered to a client; `status` and `error_type` are per class."""
+
+    status: int = 500
+    error_type: str = "internal_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body_bytes(self) -> bytes:
+        return to_json(self.body())
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    error_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+class InternalError(GatewayError):
+    """Only for the gateway's own bugs; never raised for anything a client sent."""
+
+    status = 500
+    error_type = "internal_error"
+    default_code = "internal_error"

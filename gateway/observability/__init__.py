@@ -1,0 +1,1 @@
+"""Telemetry the gateway emits: structured logs now; metrics and audit join here."""

@@ -1,0 +1,75 @@
+"""Routing stage: a team's requested model name or alias to the model and its upstreams.
+
+All routes are resolved at start-up into one dict per team, so a request costs one lookup.
+A model that does not exist and a model the team may not use give the same 404: the answer
+must not reveal which models other teams have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig, ModelConfig, UpstreamConfig
+from gateway.dialects import DIALECTS, UpstreamDialect
+from gateway.errors import ModelNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One upstream that serves a model, and the model's name there."""
+
+    upstream_name: str
+    upstream: UpstreamConfig
+    upstream_model: str
+    dialect: UpstreamDialect
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    model: str  # the public name, whatever alias the client used
+    config: ModelConfig
+    targets: tuple[UpstreamTarget, ...]
+
+
+class Router:
+    def __init__(self, config: GatewayConfig) -> None:
+        routes: dict[str, Route] = {}
+        for name, model in config.models.items():
+            targets = tuple(
+                UpstreamTarget(
+                    upstream_name=t.upstream,
+                    upstream=config.upstreams[t.upstream],
+                    upstream_model=t.model or name,
+                    dialect=DIALECTS[config.upstreams[t.upstream].dialect],
+                )
+                for t in model.upstreams
+            )
+            route = Route(model=name, config=model, targets=targets)
+            for label in (name, *model.aliases):
+                routes[label] = route
+        self._by_team: dict[str, dict[str, Route]] = {}
+        for team_name, team in config.teams.items():
+            if "*" in team.models:
+                self._by_team[team_name] = routes
+                continue
+            allowed = {routes[label].model for label in team.models}
+            self._by_team[team_name] = {
+                label: route for label, route in routes.items() if route.model in allowed
+            }
+
+    def resolve(self, team: str, requested_model: str) -> Route:
+        route = self._by_team.get(team, {}).get(requested_model)
+        if route is None:
+            raise ModelNotFound(
+                "The model does not exist or this team may not use it. "
+                "GET /v1/models lists the models available to your key.",
+                param="model",
+            )
+        return route
+
+    def models_for(self, team: str) -> list[Route]:
+        """The team's models, each once, in configuration order."""
+        seen: dict[str, Route] = {}
+        for route in self._by_team.get(team, {}).values():
+            seen.setdefault(route.model, route)
+        return list(seen.values())

@@ -1,0 +1,253 @@
+"""A deterministic OpenAI-compatible upstream, shipped for tests, the demo and benchmarks.
+
+It answers `POST /v1/chat/completions` with an echo of the last user message, with exact
+`usage` counts (one token per whitespace-separated word), streamed or not, honouring
+`max_tokens`, `n` and `stream_options.include_usage`. It records every request it receives
+(headers and body) and every stream whose client went away, so tests can assert what the
+gateway sent and when it hung up.
+
+Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
+next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
+list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True)
+class Behavior:
+    status: int | None = None  # answer with this error status
+    retry_after: str | None = None  # Retry-After header with the error status
+    reset: bool = False  # drop the connection without answering
+    hang: bool = False  # never answer (until the client goes away)
+    abort_after: int | None = None  # stream this many content events, then drop
+    delay: float = 0.0  # seconds before each stream event
+
+    @classmethod
+    def parse(cls, text: str, base: Behavior | None = None) -> Behavior:
+        behavior = base or cls()
+        for item in filter(None, (part.strip() for part in text.split(";"))):
+            key, _, value = item.partition("=")
+            if key == "status":
+                behavior = replace(behavior, status=int(value))
+            elif key == "retry_after":
+                behavior = replace(behavior, retry_after=value)
+            elif key == "reset":
+                behavior = replace(behavior, reset=True)
+            elif key == "hang":
+                behavior = replace(behavior, hang=True)
+            elif key == "abort_after":
+                behavior = replace(behavior, abort_after=int(value))
+            elif key == "delay":
+                behavior = replace(behavior, delay=float(value))
+            else:
+                raise ValueError(f"unknown fake behavior {key!r}")
+        return behavior
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream:
+    """State and behavior of one fake upstream server; `app()` serves it."""
+
+    default: Behavior = field(default_factory=Behavior)
+    # When set, requests must carry `Authorization: Bearer <api_key>`, else 401.
+    api_key: str | None = None
+    script: deque[Behavior] = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    # Request ids of streams whose client disconnected before the stream ended.
+    disconnected: list[str] = field(default_factory=list)
+    completed_streams: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    def _behavior(self, request: web.Request) -> Behavior:
+        header = request.headers.get("x-fake-behavior")
+        if header is not None:
+            return Behavior.parse(header, self.default)
+        if self.script:
+            return self.script.popleft()
+        return self.default
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        behavior = self._behavior(request)
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "body is not JSON")
+        self.requests.append(RecordedRequest(dict(request.headers), body))
+
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if behavior.reset:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if behavior.hang:
+            await asyncio.Event().wait()
+        if behavior.status is not None:
+            headers = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
+            return _error(
+                behavior.status, f"fake upstream error {behavior.status}", headers=headers
+            )
+        if not isinstance(body.get("messages"), list):
+            return _error(400, "messages is required", param="messages")
+
+        answer = _Answer.of(body)
+        if body.get("stream"):
+            return await self._stream(request, body, answer, behavior)
+        return web.json_response(answer.completion())
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], answer: _Answer, behavior: Behavior
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        sent_content = 0
+        try:
+            for chunk in answer.chunks(include_usage):
+                if behavior.delay:
+                    await asyncio.sleep(behavior.delay)
+                if behavior.abort_after is not None and sent_content >= behavior.abort_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    sent_content += 1
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnected.append(request.headers.get("x-request-id", ""))
+            raise
+        self.completed_streams += 1
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    model: str
+    words: list[str]
+    finish_reason: str
+    n: int
+    prompt_tokens: int
+    created: int
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> _Answer:
+        messages = body["messages"]
+        last_user = next(
+            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            {},
+        )
+        words = ("echo: " + _text(last_user.get("content"))).split()
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish_reason = "stop"
+        if isinstance(limit, int) and len(words) > limit:
+            words, finish_reason = words[:limit], "length"
+        prompt_tokens = sum(
+            len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict)
+        )
+        return cls(
+            model=str(body.get("model")),
+            words=words,
+            finish_reason=finish_reason,
+            n=int(body.get("n") or 1),
+            prompt_tokens=prompt_tokens,
+            created=int(time.time()),
+        )
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": "chatcmpl-fake", "object": kind, "created": self.created, "model": self.model}
+
+    def usage(self) -> dict[str, int]:
+        completion = len(self.words) * self.n
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def completion(self) -> dict[str, Any]:
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": " ".join(self.words)},
+                "finish_reason": self.finish_reason,
+                "logprobs": None,
+            }
+            for i in range(self.n)
+        ]
+        return {**self._base("chat.completion"), "choices": choices, "usage": self.usage()}
+
+    def chunks(self, include_usage: bool) -> list[dict[str, Any]]:
+        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {**self._base("chat.completion.chunk"), "choices": [choice]}
+
+        out = [chunk(i, {"role": "assistant", "content": ""}, None) for i in range(self.n)]
+        for position, word in enumerate(self.words):
+            text = word if position == 0 else " " + word
+            out.extend(chunk(i, {"content": text}, None) for i in range(self.n))
+        out.extend(chunk(i, {}, self.finish_reason) for i in range(self.n))
+        if include_usage:
+            out.append(
+                {**self._base("chat.completion.chunk"), "choices": [], "usage": self.usage()}
+            )
+        return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": "fake_error", "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def serve(host: str, port: int, upstream: FakeUpstream) -> web.AppRunner:
+    runner = web.AppRunner(upstream.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
