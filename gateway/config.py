@@ -157,7 +157,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _cross_reference_problems(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
-    public_names: dict[str, str] = {}
+    # Public names first, so that a clashing alias is the one blamed, wherever it stands.
+    public_names: dict[str, str] = {name: f"models.{name}" for name in config.models}
     for name, model in config.models.items():
         for i, target in enumerate(model.upstreams):
             if target.upstream not in config.upstreams:
@@ -165,12 +166,12 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{name}.upstreams[{i}].upstream: unknown upstream "
                     f"'{target.upstream}' (known: {', '.join(sorted(config.upstreams))})"
                 )
-        for j, label in enumerate([name, *model.aliases]):
-            where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
-            if label in public_names:
-                problems.append(f"{where}: '{label}' is already used by {public_names[label]}")
+        for i, alias in enumerate(model.aliases):
+            where = f"models.{name}.aliases[{i}]"
+            if alias in public_names:
+                problems.append(f"{where}: '{alias}' is already used by {public_names[alias]}")
             else:
-                public_names[label] = where
+                public_names[alias] = where
     owner_of_hash: dict[str, str] = {}
     for team_name, team in config.teams.items():
         for i, wanted in enumerate(team.models):
@@ -212,10 +213,32 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 (byte {exc.start})"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        position = getattr(exc, "position", None)
+        where = f" at line {text[:position].count(chr(10)) + 1}" if position is not None else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
     return parse_config(raw, environ)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: with plain YAML the second
+    silently replaces the first, e.g. a team defined twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -46,7 +46,7 @@ class Authenticator:
         key = authorization[len(_BEARER) :].strip()
         if not key:
             raise _denied()
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         stored = self._stored.get(digest)
         if stored is None or not hmac.compare_digest(stored, digest):
             raise _denied()

@@ -18,6 +18,8 @@ from gateway.errors import InvalidRequest, PayloadTooLarge
 # Union branch names in pydantic's error locations ("str", "bool"); never our field names.
 _TYPE_WORDS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 _MAX_NAME_IN_MESSAGE = 64
+# Objects whose keys are the client's own data: errors inside name only the parameter.
+_CLIENT_KEYED = frozenset({"logit_bias"})
 
 
 async def read_chat_request(request: web.Request, max_body_bytes: int) -> ChatCompletionRequest:
@@ -83,6 +85,8 @@ def param_path(loc: tuple[int | str, ...]) -> str:
     """pydantic's location without union branch names, as a dotted path with [i] indexes."""
     out = ""
     for part in loc:
+        if out in _CLIENT_KEYED:
+            break
         if isinstance(part, int):
             out += f"[{part}]"
         elif part.isidentifier() and part not in _TYPE_WORDS and not part[0].isupper():

@@ -56,7 +56,7 @@ class Behavior:
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: dict[str, Any]
 
 
@@ -97,7 +97,8 @@ class FakeUpstream:
             body = json.loads(raw)
         except ValueError:
             return _error(400, "body is not JSON")
-        self.requests.append(RecordedRequest(dict(request.headers), body))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.requests.append(RecordedRequest(headers, body))
 
         if self.api_key is not None and request.headers.get("Authorization") != (
             f"Bearer {self.api_key}"
@@ -110,10 +111,8 @@ class FakeUpstream:
         if behavior.hang:
             await asyncio.Event().wait()
         if behavior.status is not None:
-            headers = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
-            return _error(
-                behavior.status, f"fake upstream error {behavior.status}", headers=headers
-            )
+            extra = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
+            return _error(behavior.status, f"fake upstream error {behavior.status}", headers=extra)
         if not isinstance(body.get("messages"), list):
             return _error(400, "messages is required", param="messages")
 

@@ -1,0 +1,142 @@
+"""Shared fixtures: a real fake-upstream HTTP server, a real gateway on loopback in front of
+it, and the official `openai` SDK pointed at the gateway."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import build_app
+from gateway.config import GatewayConfig, parse_config
+from gateway.stages.auth import hash_key
+from gateway.testing.fake_upstream import FakeUpstream
+
+TEAM_KEY = "gw-test-team-key-0123456789abcdef"
+OTHER_TEAM_KEY = "gw-test-other-team-key-fedcba9876543210"
+UPSTREAM_KEY = "upstream-secret-key-for-tests"
+UPSTREAM_KEY_ENV = "TEST_UPSTREAM_KEY"
+
+# The model every test team may call, served by the contract-native (together) dialect.
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+UPSTREAM_MODEL = "fake/llama-3.1-8b"
+OPENAI_MODEL = "gpt-4o-mini"
+OTHER_TEAM_MODEL = "team-b-private-model"
+
+
+def config_dict(upstream_url: str, **server: Any) -> dict[str, Any]:
+    """A configuration with two upstream dialects on one fake upstream and two teams."""
+    upstream = {
+        "base_url": f"{upstream_url}/v1",
+        "api_key_env": UPSTREAM_KEY_ENV,
+        "timeouts": {"connect": 2, "read": 5, "total": 30},
+    }
+    return {
+        "server": {"log_format": "json", "log_level": "debug", **server},
+        "upstreams": {
+            "fake": {**upstream, "dialect": "together"},
+            "fake-openai": {**upstream, "dialect": "openai"},
+        },
+        "models": {
+            MODEL: {
+                "aliases": ["llama-8b"],
+                "upstreams": [{"upstream": "fake", "model": UPSTREAM_MODEL}],
+            },
+            OPENAI_MODEL: {"upstreams": [{"upstream": "fake-openai"}]},
+            OTHER_TEAM_MODEL: {"upstreams": [{"upstream": "fake"}]},
+        },
+        "teams": {
+            "team-a": {"key_hashes": [hash_key(TEAM_KEY)], "models": [MODEL, OPENAI_MODEL]},
+            "team-b": {"key_hashes": [hash_key(OTHER_TEAM_KEY)], "models": [OTHER_TEAM_MODEL]},
+        },
+    }
+
+
+def make_config(raw: dict[str, Any]) -> GatewayConfig:
+    return parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
+
+
+@dataclass
+class RunningUpstream:
+    state: FakeUpstream
+    server: TestServer
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+@dataclass
+class RunningGateway:
+    server: TestServer
+    log: io.StringIO
+    config: GatewayConfig
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    def log_text(self) -> str:
+        return self.log.getvalue()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RunningUpstream]:
+    state = FakeUpstream(api_key=UPSTREAM_KEY)
+    server = TestServer(state.app())
+    await server.start_server()  # TestServer cancels handlers of departed clients
+    yield RunningUpstream(state, server)
+    await server.close()
+
+
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway(upstream: RunningUpstream) -> AsyncIterator[StartGateway]:
+    """Starts a gateway in front of `upstream`; keyword arguments override `server:`."""
+    servers: list[TestServer] = []
+
+    async def start(raw: dict[str, Any] | None = None, **server_options: Any) -> RunningGateway:
+        config = make_config(raw or config_dict(upstream.url, **server_options))
+        log = io.StringIO()
+        server = TestServer(build_app(config, log_stream=log))
+        await server.start_server()  # TestServer cancels handlers of departed clients
+        servers.append(server)
+        return RunningGateway(server, log, config)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway) -> RunningGateway:
+    return await start_gateway()
+
+
+@pytest.fixture
+async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    sdk = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
+    yield sdk
+    await sdk.close()
+
+
+def chat_body(**params: Any) -> dict[str, Any]:
+    """A minimal valid request body with `params` added (or replacing the defaults)."""
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "hello there"},
+        ],
+        **params,
+    }
+
+
+def auth(key: str = TEAM_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,435 @@
+"""The parameter contract of `POST /v1/chat/completions` (shared/seed/chat-completions-api.md),
+end to end through a real gateway and a real fake upstream.
+
+For every parameter of the seed contract: a value just inside its range (or of the valid
+shape) is forwarded upstream in its normalized form, and a value just outside is answered
+with a 400 whose `param` is the exact path of the offending field, without quoting the value
+back and without calling the upstream. The OpenAI client forms the gateway normalizes
+(`max_completion_tokens`, `logprobs: true` + `top_logprobs`, `stream_options`, ...) follow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.contract import ChatCompletionRequest
+from tests.conftest import MODEL, UPSTREAM_MODEL, RunningGateway, RunningUpstream, auth, chat_body
+
+# The parameter names of the seed contract, in its order.
+SEED_PARAMETERS = (
+    "model",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "n",
+    "seed",
+    "stream",
+    "logprobs",
+    "echo",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "safety_model",
+    "compliance",
+    "reasoning_effort",
+    "reasoning",
+    "context_length_exceeded_behavior",
+)
+
+CANARY = "CANARY-VALUE"  # a submitted string that must never be quoted back in an error
+SAME = object()  # forwarded exactly as sent
+ABSENT = object()  # omitted from the request body / not forwarded upstream
+
+
+@dataclass(frozen=True)
+class Inside:
+    """Accepted: `sent` (merged into a minimal valid body) reaches the upstream with the
+    top-level fields `forwarded` (ABSENT: the field is not forwarded)."""
+
+    covers: str
+    id: str
+    sent: dict[str, Any]
+    forwarded: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outside:
+    """Refused: `sent` is answered with a 400 whose `param` is `param`."""
+
+    covers: str
+    id: str
+    sent: dict[str, Any]
+    param: str
+    code: str | None = None
+
+
+def ok(name: str, value: Any, forwarded: Any = SAME, *, id: str = "", **also: Any) -> Inside:
+    sent = {name: value, **also}
+    return Inside(
+        name, id or f"{name}={value!r}", sent, {name: value if forwarded is SAME else forwarded}
+    )
+
+
+def bad(
+    name: str, value: Any, param: str = "", *, id: str = "", code: str | None = None, **also: Any
+) -> Outside:
+    return Outside(name, id or f"{name}={value!r}", {name: value, **also}, param or name, code)
+
+
+# ---------------------------------------------------------------- message helpers
+
+TEXT = {"type": "text", "text": "what is in it?"}
+
+
+def user(*parts: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(parts)}]
+
+
+def media(kind: str, url: str = "https://example.com/media") -> dict[str, Any]:
+    return {"type": kind, kind: {"url": url}}
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+TOOL_TURN = [
+    {"role": "user", "content": "look it up"},
+    {"role": "assistant", "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+]
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+
+# ---------------------------------------------------------------- the table
+
+INSIDE = [
+    ok("model", MODEL, UPSTREAM_MODEL, id="model=public-name"),
+    ok("model", "llama-8b", UPSTREAM_MODEL, id="model=alias"),
+    ok(
+        "messages",
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"}],
+        id="messages=system+user",
+    ),
+    ok(
+        "messages",
+        [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "x"}],
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"}],
+        id="messages=developer-becomes-system",
+    ),
+    ok(
+        "messages",
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        id="messages=assistant",
+    ),
+    ok("messages", TOOL_TURN, id="messages=tool-with-tool_call_id"),
+    ok("messages", user(TEXT), id="messages=part-text"),
+    ok("messages", user(TEXT, media("image_url")), id="messages=part-image_url"),
+    ok(
+        "messages",
+        user(TEXT, media("image_url", "data:image/png;base64,iVBORw0KGgo=")),
+        id="messages=part-image_url-data",
+    ),
+    ok(
+        "messages",
+        user(TEXT, media("video_url", "http://example.com/v.mp4")),
+        id="messages=part-video_url",
+    ),
+    ok("messages", user(TEXT, media("audio_url")), id="messages=part-audio_url"),
+    ok("max_tokens", 1),
+    ok("temperature", 0),
+    ok("temperature", 1),
+    ok("top_p", 0),
+    ok("top_p", 1),
+    ok("top_k", 1),
+    ok("min_p", 0),
+    ok("min_p", 1),
+    ok("repetition_penalty", 1.0),
+    ok("repetition_penalty", 0.01),
+    ok("presence_penalty", -2),
+    ok("presence_penalty", 2),
+    ok("frequency_penalty", -2),
+    ok("frequency_penalty", 2),
+    ok("stop", "x", ["x"]),
+    ok("stop", ["x", "y"]),
+    ok("n", 1),
+    ok("n", 128),
+    ok("seed", 0),
+    ok("seed", 42),
+    ok("stream", False),
+    ok("stream", True),
+    ok("logprobs", 0),
+    ok("logprobs", 20),
+    ok("echo", True),
+    ok("echo", False),
+    ok("logit_bias", {"50256": -100}),
+    ok("logit_bias", {"50256": 100}),
+    ok("response_format", {"type": "text"}),
+    ok("response_format", {"type": "json_object"}),
+    ok(
+        "response_format",
+        {"type": "json_schema", "schema": SCHEMA},
+        id="response_format=json_schema",
+    ),
+    ok("response_format", {"type": "regex", "pattern": "[0-9]+"}, id="response_format=regex"),
+    ok("tools", TOOLS, id="tools=one-function"),
+    ok("tool_choice", "auto", tools=TOOLS),
+    ok("tool_choice", "none"),
+    ok("tool_choice", "required", tools=TOOLS),
+    ok(
+        "tool_choice",
+        {"type": "function", "function": {"name": "lookup"}},
+        tools=TOOLS,
+        id="tool_choice=known-function",
+    ),
+    ok("safety_model", "meta-llama/Llama-Guard-4-12B"),
+    ok("compliance", "hipaa"),
+    ok("reasoning_effort", "low"),
+    ok("reasoning_effort", "medium"),
+    ok("reasoning_effort", "high"),
+    ok("reasoning", {"enabled": True}),
+    ok("reasoning", {"enabled": False}),
+    ok("context_length_exceeded_behavior", "truncate"),
+    ok("context_length_exceeded_behavior", "error"),
+    # OpenAI client forms, normalized to the contract's.
+    ok("max_completion_tokens", 7, ABSENT, id="max_completion_tokens=7->max_tokens"),
+    ok("max_completion_tokens", 7, ABSENT, max_tokens=7, id="max_completion_tokens=max_tokens"),
+    ok("logprobs", True, 3, top_logprobs=3, id="logprobs=True+top_logprobs=3->3"),
+    ok("logprobs", True, 0, id="logprobs=True->0"),
+    ok(
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}},
+        {"type": "json_schema", "schema": SCHEMA},
+        id="response_format=openai-json_schema",
+    ),
+    ok("stream_options", {"include_usage": True}, stream=True),
+]
+
+OUTSIDE = [
+    bad("model", "", id="model=empty"),
+    bad("model", 1),
+    bad("model", ABSENT, id="model=missing"),
+    bad("messages", [], id="messages=empty"),
+    bad("messages", ABSENT, id="messages=missing"),
+    bad(
+        "messages",
+        [{"role": CANARY, "content": "x"}],
+        "messages[0].role",
+        id="messages=unknown-role",
+    ),
+    bad("messages", [{"content": "x"}], "messages[0].role", id="messages=no-role"),
+    bad(
+        "messages",
+        [{"role": "system", "content": None}],
+        "messages[0].content",
+        id="messages=system-null-content",
+    ),
+    bad(
+        "messages", [{"role": "user", "content": []}], "messages[0].content", id="messages=no-parts"
+    ),
+    bad(
+        "messages",
+        [{"role": "tool", "content": "42"}],
+        "messages[0].tool_call_id",
+        id="messages=tool-without-tool_call_id",
+    ),
+    bad(
+        "messages",
+        [{"role": "tool", "content": "42", "tool_call_id": ""}],
+        "messages[0].tool_call_id",
+        id="messages=tool-empty-tool_call_id",
+    ),
+    bad(
+        "messages",
+        user({"type": CANARY, "text": "x"}),
+        "messages[0].content[0].type",
+        id="messages=unknown-part-type",
+    ),
+    bad(
+        "messages",
+        user({"type": "text", "text": 1}),
+        "messages[0].content[0].text",
+        id="messages=text-not-string",
+    ),
+    bad(
+        "messages",
+        user(TEXT, media("image_url", f"ftp://{CANARY}")),
+        "messages[0].content[1].image_url.url",
+        id="messages=image_url-bad-url",
+    ),
+    bad(
+        "messages",
+        user(TEXT, media("video_url", f"file:///{CANARY}")),
+        "messages[0].content[1].video_url.url",
+        id="messages=video_url-bad-url",
+    ),
+    bad(
+        "messages",
+        user(TEXT, media("audio_url", CANARY)),
+        "messages[0].content[1].audio_url.url",
+        id="messages=audio_url-bad-url",
+    ),
+    bad("max_tokens", 0),
+    bad("max_tokens", 1.5),
+    bad("temperature", -0.01),
+    bad("temperature", 1.01),
+    bad("temperature", "0.5"),
+    bad("top_p", -0.01),
+    bad("top_p", 1.01),
+    bad("top_k", 0),
+    bad("top_k", 1.5),
+    bad("min_p", -0.01),
+    bad("min_p", 1.01),
+    bad("repetition_penalty", 0),
+    bad("repetition_penalty", CANARY),
+    bad("presence_penalty", -2.01),
+    bad("presence_penalty", 2.01),
+    bad("frequency_penalty", -2.01),
+    bad("frequency_penalty", 2.01),
+    bad("stop", 1),
+    bad("stop", ["x", 1], "stop[1]"),
+    bad("n", 0),
+    bad("n", 129),
+    bad("seed", 1.5),
+    bad("seed", "42"),
+    bad("stream", 1),
+    bad("stream", "true"),
+    bad("logprobs", -1),
+    bad("logprobs", 21),
+    bad("logprobs", CANARY),
+    bad("echo", 1),
+    bad("logit_bias", {"50256": 100.01}),
+    bad("logit_bias", {CANARY: 1}),
+    bad("logit_bias", [1]),
+    bad("response_format", {"type": CANARY}, "response_format.type"),
+    bad(
+        "response_format",
+        {"type": "text", "schema": SCHEMA},
+        "response_format.schema",
+        code="unknown_parameter",
+    ),
+    bad(
+        "response_format",
+        {"type": "json_schema"},
+        "response_format.schema",
+        id="response_format=json_schema-without-schema",
+    ),
+    bad(
+        "response_format",
+        {"type": "regex"},
+        "response_format.pattern",
+        id="response_format=regex-without-pattern",
+    ),
+    bad("response_format", {"type": "regex", "pattern": ""}, "response_format.pattern"),
+    bad("tools", {"type": "function"}, id="tools=not-a-list"),
+    bad("tools", [{"type": CANARY, "function": {"name": "f"}}], "tools[0].type"),
+    bad(
+        "tools",
+        [{"type": "function", "function": {"name": f"bad {CANARY}"}}],
+        "tools[0].function.name",
+    ),
+    bad(
+        "tools",
+        [{"type": "function", "function": {"name": "f" * 65}}],
+        "tools[0].function.name",
+        id="tools=name-65-chars",
+    ),
+    bad("tool_choice", CANARY),
+    bad("tool_choice", "auto", id="tool_choice=auto-without-tools"),
+    bad(
+        "tool_choice",
+        {"type": "function", "function": {"name": CANARY}},
+        "tool_choice.function.name",
+        tools=TOOLS,
+        id="tool_choice=unknown-function",
+    ),
+    bad("safety_model", ""),
+    bad("safety_model", 1),
+    bad("compliance", CANARY),
+    bad("compliance", "HIPAA"),
+    bad("reasoning_effort", CANARY),
+    bad("reasoning_effort", "minimal"),
+    bad("reasoning", {"enabled": 1}, "reasoning.enabled"),
+    bad("reasoning", {}, "reasoning.enabled"),
+    bad("reasoning", True),
+    bad("context_length_exceeded_behavior", CANARY),
+    # OpenAI client forms and unknown fields.
+    bad("max_completion_tokens", 0),
+    bad("max_completion_tokens", 8, max_tokens=7, id="max_completion_tokens=8-vs-max_tokens=7"),
+    bad("top_logprobs", 2, id="top_logprobs-without-logprobs"),
+    bad("top_logprobs", 2, logprobs=False, id="top_logprobs-with-logprobs=False"),
+    bad("top_logprobs", 21, logprobs=True),
+    bad("stream_options", {"include_usage": True}, id="stream_options-without-stream"),
+    bad(
+        "stream_options",
+        {"include_usage": True},
+        stream=False,
+        id="stream_options-with-stream=False",
+    ),
+    bad("frobnicate", 1, code="unknown_parameter", id="unknown-top-level-field"),
+    bad(
+        "messages",
+        [{"role": "user", "content": "x", "frob": 1}],
+        "messages[0].frob",
+        code="unknown_parameter",
+        id="messages=unknown-field",
+    ),
+]
+
+
+async def post(gateway: RunningGateway, sent: dict[str, Any]) -> tuple[int, str]:
+    body = {key: value for key, value in chat_body(**sent).items() if value is not ABSENT}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/chat/completions", headers=auth(), json=body) as response,
+    ):
+        return response.status, await response.text()
+
+
+@pytest.mark.parametrize("case", INSIDE, ids=lambda case: case.id)
+async def test_value_inside_the_range_is_forwarded_normalized(
+    case: Inside, gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    status, text = await post(gateway, case.sent)
+
+    assert status == 200, text
+    if case.sent.get("stream"):
+        assert text.rstrip().endswith("data: [DONE]")
+    forwarded = upstream.state.requests[-1].body
+    assert forwarded["model"] == UPSTREAM_MODEL
+    for name, expected in case.forwarded.items():
+        assert forwarded.get(name, ABSENT) == expected, name
+
+
+@pytest.mark.parametrize("case", OUTSIDE, ids=lambda case: case.id)
+async def test_value_outside_the_range_is_a_400_naming_the_param(
+    case: Outside, gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    status, text = await post(gateway, case.sent)
+
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert (error["param"], error["code"]) == (case.param, case.code)
+    assert CANARY not in error["message"]
+    assert upstream.state.requests == []
+
+
+def test_every_seed_parameter_has_a_value_inside_and_outside() -> None:
+    fields = set(ChatCompletionRequest.model_fields)
+    assert [name for name in SEED_PARAMETERS if name not in fields] == []
+    for table in (INSIDE, OUTSIDE):
+        covered = {case.covers for case in table}
+        assert [name for name in SEED_PARAMETERS if name not in covered] == []

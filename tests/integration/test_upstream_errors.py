@@ -1,0 +1,169 @@
+"""What the client gets when the upstream fails: every failure in the OpenAI error shape,
+with the seed's status codes, and never a 401 that blames the client's key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.testing.fake_upstream import Behavior
+from tests.conftest import (
+    MODEL,
+    TEAM_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    RunningUpstream,
+    StartGateway,
+    auth,
+    chat_body,
+    config_dict,
+)
+
+
+async def post(gateway: RunningGateway, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/chat/completions", json=body, headers=auth()) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.json()
+
+
+def assert_openai_error(body: Any) -> dict[str, Any]:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status", "code"),
+    [
+        ("status=500", 503, "upstream_unavailable"),
+        ("status=502", 503, "upstream_unavailable"),
+        ("status=503", 503, "upstream_unavailable"),
+        ("status=504", 504, "upstream_timeout"),
+        ("status=429", 429, "upstream_rate_limited"),
+        ("status=401", 503, "upstream_auth_failed"),
+        ("status=403", 503, "upstream_auth_failed"),
+        ("reset", 503, "upstream_unavailable"),
+    ],
+)
+async def test_upstream_failure_maps_to_gateway_status(
+    gateway: RunningGateway, upstream: RunningUpstream, behavior: str, status: int, code: str
+) -> None:
+    upstream.state.script.append(Behavior.parse(behavior))
+
+    got, _, body = await post(gateway, chat_body())
+
+    assert got == status
+    assert assert_openai_error(body)["code"] == code
+
+
+async def test_refused_upstream_credentials_are_a_503_naming_the_operator(
+    gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    upstream.state.api_key = "a-different-key"
+
+    status, _, body = await post(gateway, chat_body())
+
+    assert status == 503
+    assert "credentials" in body["error"]["message"]
+    assert TEAM_KEY not in str(body) and UPSTREAM_KEY not in str(body)
+
+
+async def test_upstream_retry_after_is_passed_on_with_429(
+    gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    upstream.state.script.append(Behavior.parse("status=429;retry_after=7"))
+
+    status, headers, _ = await post(gateway, chat_body())
+
+    assert status == 429
+    assert headers["Retry-After"] == "7"
+
+
+@pytest.mark.parametrize(("upstream_status", "status"), [(400, 400), (404, 404), (422, 400)])
+async def test_upstream_request_errors_pass_through_in_openai_shape(
+    gateway: RunningGateway, upstream: RunningUpstream, upstream_status: int, status: int
+) -> None:
+    upstream.state.script.append(Behavior(status=upstream_status))
+
+    got, _, body = await post(gateway, chat_body())
+
+    assert got == status
+    assert assert_openai_error(body)["message"] == f"fake upstream error {upstream_status}"
+
+
+async def test_unreachable_upstream_is_503(start_gateway: StartGateway) -> None:
+    # Port 1 on loopback has no listener: the connection is refused at once.
+    gateway = await start_gateway(config_dict("http://127.0.0.1:1"))
+
+    status, _, body = await post(gateway, chat_body())
+
+    assert status == 503
+    assert assert_openai_error(body)["code"] == "upstream_unavailable"
+
+
+async def test_hung_upstream_is_504_within_the_read_timeout(
+    start_gateway: StartGateway, upstream: RunningUpstream
+) -> None:
+    raw = config_dict(upstream.url)
+    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "read": 0.5, "total": 10}
+    gateway = await start_gateway(raw)
+    upstream.state.script.append(Behavior(hang=True))
+
+    started = time.perf_counter()
+    status, _, body = await post(gateway, chat_body())
+    elapsed = time.perf_counter() - started
+
+    assert status == 504
+    assert assert_openai_error(body)["code"] == "upstream_timeout"
+    assert 0.5 <= elapsed < 2.0
+
+
+async def test_upstream_answer_that_is_not_json_is_503(
+    start_gateway: StartGateway, upstream: RunningUpstream
+) -> None:
+    # An upstream that answers 200 with HTML, as a misconfigured base_url would.
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", html)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        gateway = await start_gateway(config_dict(str(server.make_url("")).rstrip("/")))
+        status, _, body = await post(gateway, chat_body())
+    finally:
+        await server.close()
+
+    assert status == 503
+    assert "not JSON" in assert_openai_error(body)["message"]
+
+
+async def test_openai_dialect_refuses_what_it_cannot_honour(
+    gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    status, _, body = await post(gateway, chat_body(model="gpt-4o-mini", top_k=5))
+
+    assert status == 400
+    assert body["error"]["param"] == "top_k"
+    assert body["error"]["code"] == "unsupported_parameter"
+    assert "gpt-4o-mini" in body["error"]["message"]
+    assert upstream.state.requests == []
+
+
+async def test_model_forwarded_is_upstream_name_for_public_name(
+    gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    status, _, _ = await post(gateway, chat_body(model=MODEL))
+
+    assert status == 200
+    assert upstream.state.requests[-1].body["model"] == "fake/llama-3.1-8b"
