@@ -32,7 +32,8 @@ _MODEL_CONFIG = ConfigDict(
     strict=True,
     hide_input_in_errors=True,
     populate_by_name=True,
-    ser_json_inf_nan="null",
+    # JSON has no Infinity or NaN; an upstream would choke on them.
+    allow_inf_nan=False,
 )
 
 
@@ -71,6 +72,9 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 MediaUrl = Annotated[str, AfterValidator(_media_url)]
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# Upstreams parse counts as 32-bit and seeds as 64-bit integers.
+INT32_MAX = 2**31 - 1
+TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
 TokenId = Annotated[str, StringConstraints(pattern=r"^\d+$")]
 LogitBias = dict[TokenId, Annotated[float, Field(ge=-100.0, le=100.0)]]
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -161,6 +165,12 @@ class AssistantMessage(_Model):
     tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
     # Present when a client appends a previous response message to the history.
     refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs 'content' or 'tool_calls'")
+        return self
 
 
 class ToolMessage(_Model):
@@ -304,17 +314,17 @@ class ChatCompletionRequest(_Model):
     model: NonEmptyStr
     messages: Annotated[list[Message], Field(min_length=1)]
 
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: TokenCount | None = None
     temperature: UnitInterval | None = None
     top_p: UnitInterval | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
+    top_k: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     min_p: UnitInterval | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
 
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -338,7 +348,7 @@ class ChatCompletionRequest(_Model):
     context_length_exceeded_behavior: Literal["truncate", "error"] | None = None
 
     # OpenAI client fields, accepted and normalized away or passed on.
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: TokenCount | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     user: str | None = None
 
