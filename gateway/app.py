@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
+import secrets
 from collections.abc import AsyncIterator
 from typing import TextIO
 
@@ -85,7 +85,7 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id")
     if given is not None and _CLIENT_REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 @web.middleware

@@ -17,10 +17,14 @@ if ! [ -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(sha256sum < pyproject.toml | cut -c1-16)
 if ! [ -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -E '^WARNING: Location|BuildBackendWarning' || true
-  .venv/bin/python -c 'import gateway, aiohttp, pytest, openai' || { echo "install failed" >&2; exit 1; }
+  echo "installing llm-gateway and its dev tools into .venv (log: .venv/install.log)"
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e '.[dev]'; } > .venv/install.log 2>&1; then
+    tail -30 .venv/install.log >&2
+    echo "install failed; full log in .venv/install.log" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-* && touch "$stamp"
 fi

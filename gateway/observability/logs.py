@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
+from pydantic_core import to_json
 from structlog.typing import FilteringBoundLogger
 
 from gateway.config import ServerConfig
@@ -21,7 +22,7 @@ from gateway.config import ServerConfig
 
 def make_logger(server: ServerConfig, stream: TextIO | None = None) -> FilteringBoundLogger:
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_to_json)
         if server.log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -38,6 +39,11 @@ def make_logger(server: ServerConfig, stream: TextIO | None = None) -> Filtering
         cache_logger_on_first_use=True,
     )
     return logger
+
+
+def _to_json(event: Any, **_: Any) -> str:
+    # pydantic-core's serializer: several times faster than json.dumps on the access line.
+    return to_json(event, fallback=str).decode()
 
 
 def where_it_failed(exc: BaseException) -> str:
