@@ -9,6 +9,7 @@ import time
 import openai
 import pytest
 
+from gateway.testing.fake_upstream import Behavior
 from tests.conftest import MODEL, UPSTREAM_MODEL, RunningGateway, RunningUpstream
 
 
@@ -40,7 +41,7 @@ async def test_alias_reaches_the_same_model(
 async def test_stream_chunks_reach_the_client_before_the_upstream_finishes(
     client: openai.AsyncOpenAI, upstream: RunningUpstream
 ) -> None:
-    upstream.state.default = upstream.state.default.__class__(delay=0.15)
+    upstream.state.default = Behavior(delay=0.15)
     started = time.perf_counter()
     stream = await client.chat.completions.create(
         model=MODEL,

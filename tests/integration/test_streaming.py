@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -20,10 +21,10 @@ from tests.conftest import (
 )
 
 
-async def wait_until(condition: object, timeout: float = 2.0) -> float:
+async def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> float:
     """Seconds until `condition()` held; fails after `timeout`."""
     started = time.perf_counter()
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.perf_counter() - started < timeout, "condition never held"
         await asyncio.sleep(0.01)
     return time.perf_counter() - started
