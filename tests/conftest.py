@@ -4,6 +4,7 @@ it, and the official `openai` SDK pointed at the gateway."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,11 @@ class RunningGateway:
 
     def log_text(self) -> str:
         return self.log.getvalue()
+
+    def log_records(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The gateway's JSON log lines, optionally only those of one event."""
+        records = [json.loads(line) for line in self.log_text().splitlines()]
+        return [r for r in records if event is None or r["event"] == event]
 
 
 @pytest.fixture

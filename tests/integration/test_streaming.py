@@ -52,7 +52,9 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
     assert upstream.state.disconnected == ["leaving-client-1"]
     assert upstream.state.completed_streams == 0
     assert waited < 0.5
-    await wait_until(lambda: '"outcome": "client_aborted"' in gateway.log_text())
+    await wait_until(
+        lambda: [r["outcome"] for r in gateway.log_records("request")] == ["client_aborted"]
+    )
 
 
 async def test_upstream_cut_mid_stream_ends_with_error_event_and_no_done(
