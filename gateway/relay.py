@@ -54,8 +54,25 @@ async def relay_stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     await response.prepare(request)
-    done = False
-    failure: bytes | None = None
+    try:
+        if not await _forward_events(upstream, response, ctx, max_event_bytes):
+            ctx.outcome = "upstream_cut"
+    except ConnectionResetError:
+        # The client left while an event was being written: nothing more to say to it.
+        ctx.outcome = "client_aborted"
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _forward_events(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    ctx: RequestContext,
+    max_event_bytes: int,
+) -> bool:
+    """Relays events until [DONE] (returns True) or a failure, which ends the stream with
+    an error event and no [DONE] (returns False)."""
     try:
         async for event in iter_events(upstream.content.iter_any(), max_event_bytes):
             if ctx.first_byte is None:
@@ -64,21 +81,18 @@ async def relay_stream(
                 _note_usage(event, ctx)
             await response.write(event)
             if is_done(event):
-                done = True
-                break
+                return True
+        failure = error_event("The upstream ended the stream early.", "upstream_error")
+    except ConnectionResetError:
+        raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
     except EventTooLarge:
         failure = error_event("The upstream sent an event larger than allowed.", "upstream_error")
     except TimeoutError:
         failure = error_event("The upstream stopped sending in time.", "upstream_timeout")
     except aiohttp.ClientError:
         failure = error_event("The upstream connection broke mid-stream.", "upstream_error")
-    if not done:
-        ctx.outcome = "upstream_cut"
-        await response.write(
-            failure or error_event("The upstream ended the stream early.", "upstream_error")
-        )
-    await response.write_eof()
-    return response
+    await response.write(failure)
+    return False
 
 
 def usage_of(answer: dict[str, Any]) -> Usage | None:

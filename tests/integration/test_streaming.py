@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -35,7 +37,7 @@ def events(raw: bytes) -> list[str]:
 
 
 async def test_client_disconnect_mid_stream_closes_the_upstream_request(
-    gateway: RunningGateway, upstream: RunningUpstream
+    gateway: RunningGateway, upstream: RunningUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream.state.default = Behavior(delay=0.1)
     body = chat_body(stream=True, messages=[{"role": "user", "content": "a b c d e f g h i j"}])
@@ -55,6 +57,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
     await wait_until(
         lambda: [r["outcome"] for r in gateway.log_records("request")] == ["client_aborted"]
     )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_upstream_cut_mid_stream_ends_with_error_event_and_no_done(
