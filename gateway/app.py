@@ -15,7 +15,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import handlers
-from gateway.appkeys import AUTHENTICATOR, CONFIG, LOG, REQUEST_CONTEXT, ROUTER, UPSTREAMS
+from gateway.appkeys import (
+    AUTHENTICATOR,
+    CONFIG,
+    LIMITER,
+    LOG,
+    METRICS,
+    RATE_LIMITS,
+    REQUEST_CONTEXT,
+    ROUTER,
+    TASKS,
+    UPSTREAMS,
+)
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import (
@@ -26,9 +37,15 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from gateway.limiter.base import LimiterBackend
+from gateway.limiter.memory import MemoryLimiter
+from gateway.limiter.redis import RedisLimiter
 from gateway.observability.logs import make_logger, where_it_failed
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stages.auth import Authenticator
+from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.route import Router
+from gateway.tasks import BackgroundTasks
 from gateway.upstream.client import UpstreamClient
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -36,7 +53,14 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLIENT_CLOSED = 499
 
 
-def build_app(config: GatewayConfig, *, log_stream: TextIO | None = None) -> web.Application:
+def build_app(
+    config: GatewayConfig,
+    *,
+    log_stream: TextIO | None = None,
+    limiter: LimiterBackend | None = None,
+) -> web.Application:
+    """The gateway application; `limiter` replaces the backend the config names (tests
+    pass one with a fake clock)."""
     app = web.Application(
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -46,13 +70,32 @@ def build_app(config: GatewayConfig, *, log_stream: TextIO | None = None) -> web
     app[AUTHENTICATOR] = Authenticator(config)
     app[ROUTER] = Router(config)
     app[LOG] = make_logger(config.server, log_stream)
+    app[METRICS] = GatewayMetrics()
+    app[TASKS] = BackgroundTasks(app[LOG])
+    app[LIMITER] = limiter or _limiter_backend(config)
+    app[RATE_LIMITS] = RateLimitStage(config, app[LIMITER], app[TASKS], app[LOG], app[METRICS])
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_background_work)
     app.on_response_prepare.append(_add_request_id)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
     return app
+
+
+def _limiter_backend(config: GatewayConfig) -> LimiterBackend:
+    url = config.rate_limits.redis_url
+    return RedisLimiter(config.rate_limits, url) if url else MemoryLimiter()
+
+
+async def _background_work(app: web.Application) -> AsyncIterator[None]:
+    await app[LIMITER].warm_up()
+    yield
+    # Settle what in-flight requests left behind before the limiter goes away.
+    await app[TASKS].drain(seconds=5.0)
+    await app[LIMITER].close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -79,6 +122,8 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
     ctx = request.get(REQUEST_CONTEXT)
     if ctx is not None:
         response.headers["x-request-id"] = ctx.request_id
+        if ctx.response_headers:
+            response.headers.update(ctx.response_headers)
 
 
 def _request_id(request: web.Request) -> str:

@@ -7,8 +7,12 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
+from gateway.limiter.base import LimiterBackend
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stages.auth import Authenticator
+from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.route import Router
+from gateway.tasks import BackgroundTasks
 from gateway.upstream.client import UpstreamClient
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -16,5 +20,9 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ROUTER = web.AppKey("router", Router)
 UPSTREAMS = web.AppKey("upstreams", UpstreamClient)
 LOG = web.AppKey("log", FilteringBoundLogger)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+TASKS = web.AppKey("tasks", BackgroundTasks)
+LIMITER = web.AppKey("limiter", LimiterBackend)
+RATE_LIMITS = web.AppKey("rate_limits", RateLimitStage)
 
 REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)

@@ -127,6 +127,16 @@ class ModelConfig(BaseModel):
     upstreams: Annotated[list[ModelUpstream], Field(min_length=1)]
 
 
+class TeamLimits(BaseModel):
+    """A team's budget; an absent limit is no limit."""
+
+    model_config = _FROZEN
+
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+
+
 class TeamConfig(BaseModel):
     model_config = _FROZEN
 
@@ -134,12 +144,34 @@ class TeamConfig(BaseModel):
     key_hashes: Annotated[list[KeyHash], Field(min_length=1)]
     # Public model names (or aliases) the team may use; "*" for every model.
     models: Annotated[list[str], Field(min_length=1)]
+    limits: TeamLimits = TeamLimits()
+    # Narrower limits for one model (public name), applied on top of `limits`.
+    model_limits: dict[str, TeamLimits] = {}
+
+
+class RateLimitConfig(BaseModel):
+    model_config = _FROZEN
+
+    # Redis shared by all replicas; without it, limits are kept in this process only.
+    redis_url: str | None = None
+    # What to do when Redis cannot answer in time: admit ("open") or refuse with 503.
+    failure_mode: Literal["open", "closed"] = "open"
+    # Deadline of one Redis call; the most Redis can add to a request.
+    redis_timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 50.0
+    # After a Redis failure, requests skip Redis for this long (then one probes it again).
+    redis_retry_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # At most one "Redis unavailable" warning per interval.
+    warn_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    # Completion tokens reserved for a request that sets no max_tokens.
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+    key_prefix: Name = "llmgw"
 
 
 class GatewayConfig(BaseModel):
     model_config = _FROZEN
 
     server: ServerConfig = ServerConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     upstreams: dict[Name, UpstreamConfig]
     models: dict[Name, ModelConfig]
     teams: dict[Name, TeamConfig]
@@ -177,6 +209,12 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         for i, wanted in enumerate(team.models):
             if wanted != "*" and wanted not in public_names:
                 problems.append(f"teams.{team_name}.models[{i}]: unknown model '{wanted}'")
+        for limited in team.model_limits:
+            if limited not in config.models:
+                problems.append(
+                    f"teams.{team_name}.model_limits.{limited}: unknown model "
+                    "(use the model's public name)"
+                )
         for i, key_hash in enumerate(team.key_hashes):
             where = f"teams.{team_name}.key_hashes[{i}]"
             if key_hash in owner_of_hash:

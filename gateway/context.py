@@ -26,6 +26,10 @@ class RequestContext:
     outcome: str = "ok"
     usage: Usage | None = None
     first_byte: float | None = None
+    # Content events relayed on a stream: the completion's size when no usage arrives.
+    content_events: int = 0
+    # Added to whatever response the request gets (the x-ratelimit-* headers).
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

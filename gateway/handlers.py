@@ -1,6 +1,6 @@
 """HTTP handlers. The chat handler reads top to bottom like the request path:
-auth → validate → route → translate → upstream → relay; the middleware in `app.py`
-answers errors and writes the access line."""
+auth → validate → route → translate → rate limit → upstream → relay → account; the
+middleware in `app.py` answers errors and writes the access line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,23 @@ import time
 from aiohttp import web
 from pydantic_core import to_json
 
-from gateway.appkeys import AUTHENTICATOR, CONFIG, REQUEST_CONTEXT, ROUTER, UPSTREAMS
+from gateway.accounting import (
+    actual_usage,
+    ask_for_stream_usage,
+    estimate_prompt_tokens,
+    reserved_tokens,
+)
+from gateway.appkeys import (
+    AUTHENTICATOR,
+    CONFIG,
+    LIMITER,
+    METRICS,
+    RATE_LIMITS,
+    REQUEST_CONTEXT,
+    ROUTER,
+    UPSTREAMS,
+)
+from gateway.limiter.redis import RedisLimiter
 from gateway.relay import relay_json, relay_stream
 from gateway.stages.validate import read_chat_request
 
@@ -31,15 +47,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx.model = route.model
 
     target = route.targets[0]
+    client_wants_usage = ask_for_stream_usage(chat)
     body = to_json(target.dialect.build_body(chat, target.upstream_model, route.model))
     ctx.upstream = target.upstream_name
 
-    async with app[UPSTREAMS].post_chat(target.upstream_name, body, ctx.request_id) as upstream:
-        if chat.is_stream:
-            return await relay_stream(
-                request, upstream, ctx, {"x-request-id": ctx.request_id}, server.max_event_bytes
-            )
-        return await relay_json(upstream, ctx, server.max_upstream_body_bytes)
+    prompt_tokens = estimate_prompt_tokens(chat)
+    limits = app[RATE_LIMITS]
+    reservation = reserved_tokens(chat, prompt_tokens, app[CONFIG].rate_limits.default_max_tokens)
+    admission = await limits.admit(team.name, route.model, reservation)
+    if admission is not None:
+        ctx.response_headers.update(admission.headers)
+
+    try:
+        async with app[UPSTREAMS].post_chat(target.upstream_name, body, ctx.request_id) as upstream:
+            if chat.is_stream:
+                return await relay_stream(
+                    request, upstream, ctx, server.max_event_bytes, client_wants_usage
+                )
+            return await relay_json(upstream, ctx, server.max_upstream_body_bytes)
+    finally:
+        ctx.usage = actual_usage(ctx.usage, prompt_tokens, ctx.content_events)
+        if admission is not None:
+            limits.settle(admission, ctx.usage.prompt_tokens + ctx.usage.completion_tokens)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -65,8 +94,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = UPSTREAMS in request.app and request.app[UPSTREAMS].ready
+    app = request.app
+    ready = UPSTREAMS in app and app[UPSTREAMS].ready
+    limiter = app[LIMITER]
+    # A Redis outage degrades the limiter (to its failure mode) but not readiness: the
+    # gateway still answers, and restarting it would not bring Redis back.
+    rate_limiter = (
+        ("redis" if limiter.available else "redis-unavailable")
+        if isinstance(limiter, RedisLimiter)
+        else "memory"
+    )
     return web.json_response(
-        {"status": "ready" if ready else "starting", "config_loaded": CONFIG in request.app},
+        {
+            "status": "ready" if ready else "starting",
+            "config_loaded": CONFIG in app,
+            "rate_limiter": rate_limiter,
+        },
         status=200 if ready else 503,
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS]
+    return web.Response(body=registry.exposition(), headers={"Content-Type": registry.content_type})

@@ -49,13 +49,15 @@ async def relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     ctx: RequestContext,
-    headers: dict[str, str],
     max_event_bytes: int,
+    client_wants_usage: bool,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    """Relay an SSE stream. The gateway always asks upstreams for a final usage chunk (to
+    charge tokens exactly); it reaches the client only if the client asked for it too."""
+    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     await response.prepare(request)
     try:
-        if not await _forward_events(upstream, response, ctx, max_event_bytes):
+        if not await _forward_events(upstream, response, ctx, max_event_bytes, client_wants_usage):
             ctx.outcome = "upstream_cut"
     except ConnectionResetError:
         # The client left while an event was being written: nothing more to say to it.
@@ -70,6 +72,7 @@ async def _forward_events(
     response: web.StreamResponse,
     ctx: RequestContext,
     max_event_bytes: int,
+    client_wants_usage: bool,
 ) -> bool:
     """Relays events until [DONE] (returns True) or a failure, which ends the stream with
     an error event and no [DONE] (returns False)."""
@@ -77,11 +80,14 @@ async def _forward_events(
         async for event in iter_events(upstream.content.iter_any(), max_event_bytes):
             if ctx.first_byte is None:
                 ctx.first_byte = ctx.elapsed_ms()
-            if b'"usage"' in event:
-                _note_usage(event, ctx)
-            await response.write(event)
             if is_done(event):
+                await response.write(event)
                 return True
+            if b'"usage"' in event and _note_usage(event, ctx) and not client_wants_usage:
+                continue
+            if event.startswith(b"data:"):
+                ctx.content_events += 1
+            await response.write(event)
         failure = error_event("The upstream ended the stream early.", "upstream_error")
     except ConnectionResetError:
         raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
@@ -105,13 +111,16 @@ def usage_of(answer: dict[str, Any]) -> Usage | None:
     return Usage(prompt_tokens=prompt, completion_tokens=completion)
 
 
-def _note_usage(event: bytes, ctx: RequestContext) -> None:
+def _note_usage(event: bytes, ctx: RequestContext) -> bool:
+    """Records the usage an event carries; True when the event is only a usage chunk."""
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
             try:
                 chunk = from_json(line[5:])
             except ValueError:
-                return
-            if isinstance(chunk, dict) and (usage := usage_of(chunk)) is not None:
-                ctx.usage = usage
-            return
+                return False
+            if not isinstance(chunk, dict) or (usage := usage_of(chunk)) is None:
+                return False
+            ctx.usage = usage
+            return chunk.get("choices") == []
+    return False

@@ -1,0 +1,61 @@
+"""Token accounting: what a request is expected to cost before the call, and what it cost.
+
+The estimator, used only to reserve rate-limit budget before the upstream answers, counts
+a prompt as one token per 4 characters of text (OpenAI's rule of thumb for English) plus 4
+tokens of framing per message, and a flat 85 tokens per image, video or audio part (the
+cost of a low-detail image). For English prose it is within about ±25% of real tokenizers;
+code, numbers and CJK text can run 2-3x higher. The error never accumulates: every
+reservation is reconciled with the upstream's real `usage` after the call.
+
+When a stream ends without `usage` (the client left, or the upstream cut it), the
+completion is counted as one token per content event relayed, the granularity at which
+OpenAI-compatible servers stream.
+"""
+
+from __future__ import annotations
+
+from gateway.context import Usage
+from gateway.contract import ChatCompletionRequest, StreamOptions, TextPart
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_MEDIA_PART = 85
+
+
+def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
+    chars = 0
+    tokens = 0
+    for message in request.messages:
+        tokens += TOKENS_PER_MESSAGE
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            for part in content:
+                if isinstance(part, TextPart):
+                    chars += len(part.text)
+                else:
+                    tokens += TOKENS_PER_MEDIA_PART
+    return tokens + -(-chars // CHARS_PER_TOKEN)
+
+
+def reserved_tokens(request: ChatCompletionRequest, prompt: int, default_max_tokens: int) -> int:
+    """Prompt plus the most the request may generate."""
+    return prompt + (request.max_tokens or default_max_tokens) * (request.n or 1)
+
+
+def ask_for_stream_usage(request: ChatCompletionRequest) -> bool:
+    """Make a streamed request ask its upstream for a final usage chunk, so the stream can
+    be charged exactly; returns whether the client itself asked for that chunk."""
+    wanted = bool(request.stream_options and request.stream_options.include_usage)
+    if request.is_stream and not wanted:
+        request.stream_options = StreamOptions(include_usage=True)
+    return wanted
+
+
+def actual_usage(reported: Usage | None, prompt_estimate: int, content_events: int) -> Usage:
+    if reported is not None:
+        return reported
+    return Usage(
+        prompt_tokens=prompt_estimate if content_events else 0, completion_tokens=content_events
+    )

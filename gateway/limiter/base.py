@@ -1,0 +1,127 @@
+"""What a rate-limit backend decides, and the interface both backends implement.
+
+Algorithms, the same in both backends:
+- Requests and tokens per minute: GCRA (the generic cell rate algorithm, a token bucket
+  kept as one number, the "theoretical arrival time"). Chosen over a sliding window
+  because it stores one value per key instead of one entry per request, takes a variable
+  cost (a request's tokens) as naturally as a cost of 1, and refills continuously, which
+  is what OpenAI's own limits do and what its `x-ratelimit-reset-*` headers describe: the
+  time until the bucket is full again. A team with a limit of L per minute can spend L at
+  once from a full bucket and then L per minute, evenly.
+- Concurrent requests: leases, one sorted-set member per in-flight request scored by its
+  expiry, so a slot whose release was lost (a killed replica) frees itself.
+
+Admission is all or nothing: a request refused by one limit consumes nothing from the
+others.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+MINUTE_MS = 60_000
+
+
+class LimitKind(enum.StrEnum):
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+    CONCURRENCY = "concurrency"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    """One limit a request must pass: `cost` units out of `limit` per `period_ms` for a
+    bucket, or one slot out of `limit` for concurrency."""
+
+    kind: LimitKind
+    key: str
+    limit: int
+    cost: int = 1
+    period_ms: int = MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    allowed: bool
+    remaining: int
+    # Until the bucket is full again (0 for concurrency).
+    reset_ms: int
+    # When a refused request could pass; None when it never can (cost above the limit).
+    retry_after_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAdjustment:
+    """Tokens to charge (positive) or give back (negative) once the real usage is known."""
+
+    key: str
+    limit: int
+    delta: int
+    period_ms: int = MINUTE_MS
+
+
+class LimiterUnavailable(Exception):
+    """The backend could not decide in time (Redis down, slow or unreachable)."""
+
+
+class LimiterBackend(Protocol):
+    async def admit(
+        self, checks: list[LimitCheck], lease_id: str, lease_ttl_ms: int
+    ) -> list[CheckResult]:
+        """Decide every check atomically; consume from all only if all allow."""
+        ...
+
+    async def settle(
+        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
+    ) -> None:
+        """Release the request's concurrency leases and reconcile its tokens."""
+        ...
+
+    async def in_flight(self, key: str) -> int:
+        """Live leases under a concurrency key."""
+        ...
+
+    async def remaining(self, check: LimitCheck) -> int:
+        """Units left in a bucket now, without consuming any."""
+        ...
+
+    async def warm_up(self) -> None:
+        """Prepare for traffic (connect, load scripts); never raises."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def gcra(tat_ms: float, now_ms: float, check: LimitCheck) -> tuple[CheckResult, float]:
+    """One GCRA decision: the result and the new theoretical arrival time if allowed.
+
+    The bucket holds `limit` units refilled over `period_ms`; each unit is an interval of
+    period/limit ms, and the bucket is full when tat <= now."""
+    interval = check.period_ms / check.limit
+    base = max(tat_ms, now_ms)
+    new_tat = base + check.cost * interval
+    debt = new_tat - now_ms
+    if check.cost > check.limit:
+        current = base - now_ms
+        left = int((check.period_ms - current) // interval)
+        return CheckResult(False, max(left, 0), int(current), None), tat_ms
+    if debt > check.period_ms:
+        current = base - now_ms
+        left = int((check.period_ms - current) // interval)
+        retry = int(debt - check.period_ms) + 1
+        return CheckResult(False, max(left, 0), int(current), retry), tat_ms
+    left = int((check.period_ms - debt) // interval)
+    return CheckResult(True, left, int(debt), None), new_tat
+
+
+def gcra_adjust(tat_ms: float, now_ms: float, adjustment: TokenAdjustment) -> float:
+    """The new theoretical arrival time after charging or refunding `delta` units; a
+    refund never makes the bucket fuller than full."""
+    interval = adjustment.period_ms / adjustment.limit
+    return (
+        max(tat_ms, now_ms) + adjustment.delta * interval
+        if adjustment.delta > 0
+        else max(now_ms, tat_ms + adjustment.delta * interval)
+    )

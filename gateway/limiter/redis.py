@@ -1,0 +1,229 @@
+"""The Redis backend: one budget shared exactly by every gateway replica.
+
+Each admission is one atomic Lua script (EVALSHA, one round trip; redis-py reloads the
+script on NOSCRIPT after a Redis restart) that checks every limit of the request and
+consumes from all of them only if all allow. Time is Redis's own `TIME`, so replicas with
+skewed clocks still share one timeline. All keys of a team share the hash tag `{prefix:team}`,
+so a request's keys live in one slot and the scripts run unchanged on Redis Cluster. Every
+key carries a TTL: an idle team leaves nothing behind.
+
+Every call has a hard deadline (`redis_timeout_ms`). When Redis refuses connections, or
+misses the deadline three times in a row, the backend reports itself unavailable without
+calling Redis for `redis_retry_interval_s`, then lets calls probe again: a dead Redis costs
+at most one deadline per interval, and the limiter recovers by itself when Redis is back.
+A single missed deadline does not open the breaker: under a burst the gateway's own event
+loop can be late, and one slow answer is no reason to stop limiting everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from gateway.config import RateLimitConfig
+from gateway.limiter.base import (
+    CheckResult,
+    LimitCheck,
+    LimiterUnavailable,
+    LimitKind,
+    TokenAdjustment,
+)
+
+# Consecutive missed deadlines that mark Redis unavailable.
+_TIMEOUTS_TO_OPEN = 3
+
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# KEYS: one per check. ARGV: lease_id, lease_ttl_ms, then per check kind ('b' bucket or
+# 'c' concurrency), limit, cost, period_ms. Returns per check: allowed, remaining,
+# reset_ms, retry_after_ms (-1: none).
+ADMIT = (
+    _NOW
+    + """
+local lease_id, ttl = ARGV[1], tonumber(ARGV[2])
+local out, ok, new_tat = {}, true, {}
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 4
+  local kind, limit = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local cost, period = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local r = #out
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local held = redis.call('ZCARD', KEYS[i])
+    if held < limit then
+      out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 1, limit - held - 1, 0, -1
+    else
+      ok = false
+      out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, 0, 0, 1000
+    end
+  else
+    local interval = period / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    local base = math.max(tat, now)
+    local debt = base + cost * interval - now
+    local current = base - now
+    local left = math.max(math.floor((period - current) / interval), 0)
+    if cost > limit then
+      ok = false
+      out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, left, math.floor(current), -1
+    elseif debt > period then
+      ok = false
+      out[r + 1], out[r + 2], out[r + 3] = 0, left, math.floor(current)
+      out[r + 4] = math.floor(debt - period) + 1
+    else
+      new_tat[i] = base + cost * interval
+      out[r + 1], out[r + 2] = 1, math.floor((period - debt) / interval)
+      out[r + 3], out[r + 4] = math.floor(debt), -1
+    end
+  end
+end
+if ok then
+  for i = 1, #KEYS do
+    if new_tat[i] then
+      redis.call('SET', KEYS[i], string.format('%.3f', new_tat[i]),
+                 'PX', math.ceil(new_tat[i] - now) + 1000)
+    else
+      redis.call('ZADD', KEYS[i], now + ttl, lease_id)
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: lease keys, then token keys. ARGV: lease_id, number of lease keys, then per token
+# key limit, delta, period_ms.
+SETTLE = (
+    _NOW
+    + """
+local leases = tonumber(ARGV[2])
+for i = 1, leases do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = leases + 1, #KEYS do
+  local a = 2 + (i - leases - 1) * 3
+  local limit, delta, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local new_tat
+  if delta > 0 then
+    new_tat = math.max(tat, now) + delta * interval
+  else
+    new_tat = math.max(now, tat + delta * interval)
+  end
+  if new_tat > now then
+    local ttl_ms = math.ceil(new_tat - now) + 1000
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', ttl_ms)
+  else
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 1
+"""
+)
+
+PEEK = (
+    _NOW
+    + """
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+return math.max(math.floor((period - math.max(tat - now, 0)) / interval), 0)
+"""
+)
+
+
+class RedisLimiter:
+    def __init__(self, config: RateLimitConfig, url: str) -> None:
+        self._timeout = config.redis_timeout_ms / 1000.0
+        self._retry_interval = config.redis_retry_interval_s
+        self._down_until = 0.0
+        self._consecutive_failures = 0
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # One attempt per call: the deadline, not redis-py's retries, bounds the cost.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._admit = self._client.register_script(ADMIT)
+        self._settle = self._client.register_script(SETTLE)
+        self._peek = self._client.register_script(PEEK)
+
+    async def admit(
+        self, checks: list[LimitCheck], lease_id: str, lease_ttl_ms: int
+    ) -> list[CheckResult]:
+        args: list[Any] = [lease_id, lease_ttl_ms]
+        for check in checks:
+            kind = "c" if check.kind is LimitKind.CONCURRENCY else "b"
+            args += [kind, check.limit, check.cost, check.period_ms]
+        flat = await self._call(self._admit, [c.key for c in checks], args)
+        return [
+            CheckResult(
+                allowed=flat[i] == 1,
+                remaining=int(flat[i + 1]),
+                reset_ms=int(flat[i + 2]),
+                retry_after_ms=None if flat[i] == 1 or flat[i + 3] < 0 else int(flat[i + 3]),
+            )
+            for i in range(0, len(flat), 4)
+        ]
+
+    async def settle(
+        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
+    ) -> None:
+        args: list[Any] = [lease_id, len(lease_keys)]
+        for adjustment in adjustments:
+            args += [adjustment.limit, adjustment.delta, adjustment.period_ms]
+        await self._call(self._settle, [*lease_keys, *(a.key for a in adjustments)], args)
+
+    async def in_flight(self, key: str) -> int:
+        now_ms = int(time.time() * 1000)
+        count: int = await self._client.zcount(key, now_ms, "+inf")
+        return count
+
+    async def remaining(self, check: LimitCheck) -> int:
+        left: int = await self._call(self._peek, [check.key], [check.limit, check.period_ms])
+        return left
+
+    async def warm_up(self) -> None:
+        """Open a connection and load the scripts before traffic arrives, so the first
+        requests do not pay for them; a Redis that is down now is handled per request."""
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                for script in (self._admit, self._settle, self._peek):
+                    script.sha = await self._client.script_load(script.script)
+        except (RedisError, OSError, TimeoutError):
+            return
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise LimiterUnavailable("Redis is marked unavailable; retrying it shortly")
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._consecutive_failures += 1
+            refused = isinstance(exc, RedisConnectionError | OSError)
+            if refused or self._consecutive_failures >= _TIMEOUTS_TO_OPEN:
+                self._down_until = time.monotonic() + self._retry_interval
+            raise LimiterUnavailable(type(exc).__name__) from None
+        self._consecutive_failures = 0
+        self._down_until = 0.0
+        return result
