@@ -68,7 +68,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         ctx.usage = actual_usage(ctx.usage, prompt_tokens, ctx.content_events)
         if admission is not None:
-            limits.settle(admission, ctx.usage.prompt_tokens + ctx.usage.completion_tokens)
+            limits.settle(
+                team.name, admission, ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+            )
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,9 +1,11 @@
 """Gateway overhead benchmark: the same small chat request sent straight to the fake
-upstream and through the gateway, in one run, on loopback.
+upstream, through the gateway with no limits, and through the gateway with rate limits in
+Redis (a real redis-server) and in process, all in one run, on loopback.
 
 Reports, to a JSON file (default bench-results/core.json):
-- latency: p50/p99 of direct and gateway round trips at concurrency 1, interleaved in
-  rounds so that machine noise hits both alike, and the difference (the added latency);
+- latency: p50/p99 of each variant at concurrency 1, interleaved in rounds so that machine
+  noise hits all alike; `gateway_added_*` is gateway minus direct, `redis_stage_added_*`
+  is gateway-with-Redis-limits minus gateway-without-limits (the rate-limit stage's cost);
 - cpu: gateway process CPU time per request under concurrent load (from /proc), next to
   the fake upstream's CPU per request in the same run, and their ratio.
 
@@ -17,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -58,12 +61,25 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def write_config(directory: Path, upstream_port: int, gateway_port: int) -> Path:
+def write_config(
+    directory: Path, name: str, upstream_port: int, gateway_port: int, rate_limits: dict[str, Any]
+) -> Path:
     sys.path.insert(0, str(ROOT))
     from gateway.stages.auth import hash_key
 
+    limits = (
+        # Far above what the run sends: every request is decided, none refused.
+        {
+            "requests_per_minute": 10_000_000,
+            "tokens_per_minute": 10_000_000_000,
+            "max_concurrent": 1000,
+        }
+        if rate_limits
+        else {}
+    )
     config = {
         "server": {"port": gateway_port, "log_format": "json", "log_level": "info"},
+        "rate_limits": rate_limits,
         "upstreams": {
             "fake": {
                 "base_url": f"http://127.0.0.1:{upstream_port}/v1",
@@ -72,9 +88,9 @@ def write_config(directory: Path, upstream_port: int, gateway_port: int) -> Path
             }
         },
         "models": {"bench-model": {"upstreams": [{"upstream": "fake"}]}},
-        "teams": {"bench": {"key_hashes": [hash_key(TEAM_KEY)], "models": ["*"]}},
+        "teams": {"bench": {"key_hashes": [hash_key(TEAM_KEY)], "models": ["*"], "limits": limits}},
     }
-    path = directory / "bench.yaml"
+    path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -101,79 +117,137 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str])
     return time.perf_counter() - started
 
 
-async def sequential(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int
-) -> list[float]:
-    return [await one(session, url, headers) for _ in range(count)]
-
-
 async def concurrent(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int, width: int
-) -> None:
+) -> list[float]:
     remaining = iter(range(count))
+    latencies: list[float] = []
 
     async def worker() -> None:
         for _ in remaining:
-            await one(session, url, headers)
+            latencies.append(await one(session, url, headers))
 
     await asyncio.gather(*(worker() for _ in range(width)))
+    return latencies
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(samples, 0.50) * 1000, 4),
+        "p99_ms": round(percentile(samples, 0.99) * 1000, 4),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 4),
+    }
+
+
+async def redis_pings(
+    port: int, count: int, session: aiohttp.ClientSession, between: tuple[str, dict[str, str]]
+) -> list[float]:
+    """Bare PING round trips from this process, each after one gateway request, so Redis
+    is as idle before each PING as it is before each admission at concurrency 1 (an idle
+    process takes longer to wake on a VM): the floor under any Redis stage here."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = []
+    for _ in range(count):
+        await one(session, *between)
+        started = time.perf_counter()
+        writer.write(b"PING\r\n")
+        await reader.readuntil(b"\r\n")
+        out.append(time.perf_counter() - started)
+    writer.close()
+    await writer.wait_closed()
+    return out
 
 
 async def measure(
-    args: argparse.Namespace, upstream_pid: int, gateway_pid: int, direct_url: str, gateway_url: str
+    args: argparse.Namespace,
+    targets: dict[str, tuple[str, dict[str, str]]],
+    pids: dict[str, int],
+    redis_port: int,
 ) -> dict[str, Any]:
-    direct_headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
-    gateway_headers = {"Authorization": f"Bearer {TEAM_KEY}"}
     connector = aiohttp.TCPConnector(limit=64)
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    samples["redis_ping"] = []
     async with aiohttp.ClientSession(connector=connector) as session:
-        # Warm-up: connection pools, caches, first-use paths.
-        await concurrent(session, gateway_url, gateway_headers, 300, 8)
-        await concurrent(session, direct_url, direct_headers, 300, 8)
-
-        direct: list[float] = []
-        through: list[float] = []
-        rounds = 10
+        for url, headers in targets.values():  # warm-up: pools, caches, first-use paths
+            await concurrent(session, url, headers, 300, 8)
+        rounds = 20
         for _ in range(rounds):
-            direct += await sequential(session, direct_url, direct_headers, args.requests // rounds)
-            through += await sequential(
-                session, gateway_url, gateway_headers, args.requests // rounds
+            for name, (url, headers) in targets.items():
+                for _ in range(args.requests // rounds):
+                    samples[name].append(await one(session, url, headers))
+            samples["redis_ping"] += await redis_pings(
+                redis_port, args.requests // rounds, session, targets["gateway"]
             )
 
+        # CPU under load, in interleaved rounds; each variant's CPU is also expressed in
+        # units of the fake upstream's CPU during the same requests (constant work), which
+        # cancels most of this shared machine's drift.
         load = args.requests * 3
-        gateway_cpu = cpu_seconds(gateway_pid)
-        upstream_cpu = cpu_seconds(upstream_pid)
-        started = time.perf_counter()
-        await concurrent(session, gateway_url, gateway_headers, load, args.concurrency)
-        wall = time.perf_counter() - started
-        gateway_cpu = cpu_seconds(gateway_pid) - gateway_cpu
-        upstream_cpu = cpu_seconds(upstream_pid) - upstream_cpu
+        cpu = dict.fromkeys(GATEWAYS, 0.0)
+        upstream_cpu = dict.fromkeys(GATEWAYS, 0.0)
+        wall = dict.fromkeys(GATEWAYS, 0.0)
+        for _ in range(rounds // 4):
+            for name in GATEWAYS:
+                url, headers = targets[name]
+                gateway_before, upstream_before = (
+                    cpu_seconds(pids[name]),
+                    cpu_seconds(pids["upstream"]),
+                )
+                started = time.perf_counter()
+                await concurrent(session, url, headers, load // (rounds // 4), args.concurrency)
+                wall[name] += time.perf_counter() - started
+                cpu[name] += cpu_seconds(pids[name]) - gateway_before
+                upstream_cpu[name] += cpu_seconds(pids["upstream"]) - upstream_before
 
-    def summary(samples: list[float]) -> dict[str, float]:
-        return {
-            "p50_ms": round(percentile(samples, 0.50) * 1000, 4),
-            "p99_ms": round(percentile(samples, 0.99) * 1000, 4),
-            "mean_ms": round(statistics.fmean(samples) * 1000, 4),
-        }
+    latency = {name: summary(values) for name, values in samples.items()}
 
-    direct_s, through_s = summary(direct), summary(through)
+    def added(variant: str, baseline: str, q: str) -> float:
+        return round(latency[variant][q] - latency[baseline][q], 4)
+
     return {
         "latency_concurrency_1": {
-            "requests_each": len(direct),
-            "direct": direct_s,
-            "gateway": through_s,
-            "added_p50_ms": round(through_s["p50_ms"] - direct_s["p50_ms"], 4),
-            "added_p99_ms": round(through_s["p99_ms"] - direct_s["p99_ms"], 4),
+            "requests_each": len(samples["direct"]),
+            **latency,
+            "gateway_added_p50_ms": added("gateway", "direct", "p50_ms"),
+            "gateway_added_p99_ms": added("gateway", "direct", "p99_ms"),
+            "redis_stage_added_p50_ms": added("gateway_redis_limits", "gateway", "p50_ms"),
+            "redis_stage_added_p99_ms": added("gateway_redis_limits", "gateway", "p99_ms"),
+            "memory_stage_added_p50_ms": added("gateway_memory_limits", "gateway", "p50_ms"),
+            "memory_stage_added_p99_ms": added("gateway_memory_limits", "gateway", "p99_ms"),
+            # What the Redis stage adds beyond one bare round trip to an idle Redis here.
+            "redis_stage_over_ping_p50_ms": round(
+                added("gateway_redis_limits", "gateway", "p50_ms")
+                - latency["redis_ping"]["p50_ms"],
+                4,
+            ),
         },
-        "cpu_under_load": {
-            "requests": load,
-            "concurrency": args.concurrency,
-            "throughput_rps": round(load / wall, 1),
-            "gateway_cpu_ms_per_request": round(gateway_cpu / load * 1000, 4),
-            "upstream_cpu_ms_per_request": round(upstream_cpu / load * 1000, 4),
-            "gateway_to_upstream_cpu_ratio": round(gateway_cpu / upstream_cpu, 3)
-            if upstream_cpu
-            else None,
-        },
+        "cpu_under_load": cpu_report(load, args.concurrency, cpu, upstream_cpu, wall),
+    }
+
+
+def cpu_report(
+    load: int,
+    concurrency: int,
+    cpu: dict[str, float],
+    upstream_cpu: dict[str, float],
+    wall: dict[str, float],
+) -> dict[str, Any]:
+    ratio = {name: cpu[name] / upstream_cpu[name] for name in cpu}
+    upstream_ms = sum(upstream_cpu.values()) / (load * len(cpu)) * 1000
+
+    def stage_ms(variant: str) -> float:
+        return round((ratio[variant] - ratio["gateway"]) * upstream_ms, 4)
+
+    return {
+        "requests_each": load,
+        "concurrency": concurrency,
+        "throughput_rps": {name: round(load / wall[name], 1) for name in cpu},
+        "gateway_cpu_ms_per_request": {name: round(cpu[name] / load * 1000, 4) for name in cpu},
+        "upstream_cpu_ms_per_request": round(upstream_ms, 4),
+        "gateway_to_upstream_cpu_ratio": {name: round(value, 3) for name, value in ratio.items()},
+        # Stage costs from the ratios: robust to the machine speeding up or slowing down.
+        "redis_stage_cpu_ms_per_request": stage_ms("gateway_redis_limits"),
+        "memory_stage_cpu_ms_per_request": stage_ms("gateway_memory_limits"),
     }
 
 
@@ -184,42 +258,80 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "core.json")
     args = parser.parse_args()
 
-    upstream_port, gateway_port = free_port(), free_port()
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        print("redis-server is needed (apt-get install redis-server)", file=sys.stderr)
+        return 2
     env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+    python = sys.executable
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(Path(tmp), upstream_port, gateway_port)
-        python = sys.executable
-        upstream = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "gateway",
-                "fake-upstream",
-                "--port",
-                str(upstream_port),
-                "--api-key",
-                UPSTREAM_KEY,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        gateway = subprocess.Popen(
-            [python, "-m", "gateway", "serve", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        ports = {name: free_port() for name in ("upstream", "redis", *GATEWAYS)}
         try:
-            direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-            gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-            asyncio.run(wait_ready(direct_url.replace("/chat/completions", "/models")))
-            asyncio.run(wait_ready(f"http://127.0.0.1:{gateway_port}/readyz"))
-            results = asyncio.run(measure(args, upstream.pid, gateway.pid, direct_url, gateway_url))
+            processes["redis"] = subprocess.Popen(
+                [
+                    redis_binary,
+                    "--port",
+                    str(ports["redis"]),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    tmp,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            processes["upstream"] = subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "gateway",
+                    "fake-upstream",
+                    "--port",
+                    str(ports["upstream"]),
+                    "--api-key",
+                    UPSTREAM_KEY,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+            for name, rate_limits in GATEWAYS.items():
+                if "redis_url" in rate_limits:
+                    rate_limits = {**rate_limits, "redis_url": redis_url}
+                config = write_config(Path(tmp), name, ports["upstream"], ports[name], rate_limits)
+                processes[name] = subprocess.Popen(
+                    [python, "-m", "gateway", "serve", "--config", str(config)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            asyncio.run(wait_ready(f"http://127.0.0.1:{ports['upstream']}/v1/models"))
+            for name in GATEWAYS:
+                asyncio.run(wait_ready(f"http://127.0.0.1:{ports[name]}/readyz"))
+            targets = {
+                "direct": (
+                    f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions",
+                    {"Authorization": f"Bearer {UPSTREAM_KEY}"},
+                ),
+                **{
+                    name: (
+                        f"http://127.0.0.1:{ports[name]}/v1/chat/completions",
+                        {"Authorization": f"Bearer {TEAM_KEY}"},
+                    )
+                    for name in GATEWAYS
+                },
+            }
+            pids = {name: processes[name].pid for name in ("upstream", *GATEWAYS)}
+            results = asyncio.run(measure(args, targets, pids, ports["redis"]))
         finally:
-            for process in (gateway, upstream):
+            for process in processes.values():
                 process.terminate()
                 process.wait(timeout=10)
 
@@ -233,6 +345,14 @@ def main() -> int:
     print(json.dumps(results, indent=2))
     print(f"written to {args.out}", file=sys.stderr)
     return 0
+
+
+# Gateway variants: name -> rate_limits config ("redis_url" is filled in at start).
+GATEWAYS: dict[str, dict[str, Any]] = {
+    "gateway": {},
+    "gateway_redis_limits": {"redis_url": None, "redis_timeout_ms": 1000},
+    "gateway_memory_limits": {"redis_timeout_ms": 1000},
+}
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ class TokenAdjustment:
     period_ms: int = MINUTE_MS
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one finished request gives back: its leases, and its token difference."""
+
+    lease_id: str
+    lease_keys: tuple[str, ...]
+    adjustments: tuple[TokenAdjustment, ...]
+
+
 class LimiterUnavailable(Exception):
     """The backend could not decide in time (Redis down, slow or unreachable)."""
 
@@ -73,10 +82,9 @@ class LimiterBackend(Protocol):
         """Decide every check atomically; consume from all only if all allow."""
         ...
 
-    async def settle(
-        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
-    ) -> None:
-        """Release the request's concurrency leases and reconcile its tokens."""
+    async def settle(self, settlements: list[Settlement]) -> None:
+        """Release finished requests' leases and reconcile their tokens, in one call (on
+        Redis, all keys must share one hash tag: one team per call)."""
         ...
 
     async def in_flight(self, key: str) -> int:

@@ -15,7 +15,7 @@ from gateway.limiter.base import (
     CheckResult,
     LimitCheck,
     LimitKind,
-    TokenAdjustment,
+    Settlement,
     gcra,
     gcra_adjust,
 )
@@ -54,15 +54,14 @@ class MemoryLimiter:
                     self._leases.setdefault(check.key, {})[lease_id] = now + lease_ttl_ms
         return results
 
-    async def settle(
-        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
-    ) -> None:
+    async def settle(self, settlements: list[Settlement]) -> None:
         now = self._clock()
-        for key in lease_keys:
-            self._leases.get(key, {}).pop(lease_id, None)
-        for adjustment in adjustments:
-            tat = self._tat.get(adjustment.key, now)
-            self._tat[adjustment.key] = gcra_adjust(tat, now, adjustment)
+        for settlement in settlements:
+            for key in settlement.lease_keys:
+                self._leases.get(key, {}).pop(settlement.lease_id, None)
+            for adjustment in settlement.adjustments:
+                tat = self._tat.get(adjustment.key, now)
+                self._tat[adjustment.key] = gcra_adjust(tat, now, adjustment)
 
     async def in_flight(self, key: str) -> int:
         return len(self._live_leases(key, self._clock()))

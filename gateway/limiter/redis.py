@@ -18,14 +18,15 @@ loop can be late, and one slow answer is no reason to stop limiting everyone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import RateLimitConfig
 from gateway.limiter.base import (
@@ -33,7 +34,7 @@ from gateway.limiter.base import (
     LimitCheck,
     LimiterUnavailable,
     LimitKind,
-    TokenAdjustment,
+    Settlement,
 )
 
 # Consecutive missed deadlines that mark Redis unavailable.
@@ -102,15 +103,15 @@ return out
 """
 )
 
-# KEYS: lease keys, then token keys. ARGV: lease_id, number of lease keys, then per token
-# key limit, delta, period_ms.
+# KEYS: lease keys, then token keys. ARGV: number of lease keys, the lease id of each
+# lease key, then per token key limit, delta, period_ms. Settles a batch of requests.
 SETTLE = (
     _NOW
     + """
-local leases = tonumber(ARGV[2])
-for i = 1, leases do redis.call('ZREM', KEYS[i], ARGV[1]) end
+local leases = tonumber(ARGV[1])
+for i = 1, leases do redis.call('ZREM', KEYS[i], ARGV[1 + i]) end
 for i = leases + 1, #KEYS do
-  local a = 2 + (i - leases - 1) * 3
+  local a = 1 + leases + (i - leases - 1) * 3
   local limit, delta, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local interval = period / limit
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
@@ -142,23 +143,29 @@ return math.max(math.floor((period - math.max(tat - now, 0)) / interval), 0)
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
 class RedisLimiter:
     def __init__(self, config: RateLimitConfig, url: str) -> None:
         self._timeout = config.redis_timeout_ms / 1000.0
         self._retry_interval = config.redis_retry_interval_s
         self._down_until = 0.0
         self._consecutive_failures = 0
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            # One attempt per call: the deadline, not redis-py's retries, bounds the cost.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
+        self._pool: ConnectionPool = ConnectionPool.from_url(
+            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
         )
-        self._admit = self._client.register_script(ADMIT)
-        self._settle = self._client.register_script(SETTLE)
-        self._peek = self._client.register_script(PEEK)
+        self._client = aioredis.Redis(connection_pool=self._pool)
+        self._admit = _Script.of(ADMIT)
+        self._settle = _Script.of(SETTLE)
+        self._peek = _Script.of(PEEK)
 
     async def admit(
         self, checks: list[LimitCheck], lease_id: str, lease_ttl_ms: int
@@ -178,10 +185,11 @@ class RedisLimiter:
             for i in range(0, len(flat), 4)
         ]
 
-    async def settle(
-        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
-    ) -> None:
-        args: list[Any] = [lease_id, len(lease_keys)]
+    async def settle(self, settlements: list[Settlement]) -> None:
+        lease_keys = [key for s in settlements for key in s.lease_keys]
+        lease_ids = [s.lease_id for s in settlements for _ in s.lease_keys]
+        adjustments = [a for s in settlements for a in s.adjustments]
+        args: list[Any] = [len(lease_keys), *lease_ids]
         for adjustment in adjustments:
             args += [adjustment.limit, adjustment.delta, adjustment.period_ms]
         await self._call(self._settle, [*lease_keys, *(a.key for a in adjustments)], args)
@@ -201,7 +209,7 @@ class RedisLimiter:
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
                 for script in (self._admit, self._settle, self._peek):
-                    script.sha = await self._client.script_load(script.script)
+                    await self._client.script_load(script.source)
         except (RedisError, OSError, TimeoutError):
             return
 
@@ -212,12 +220,12 @@ class RedisLimiter:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         if time.monotonic() < self._down_until:
             raise LimiterUnavailable("Redis is marked unavailable; retrying it shortly")
         try:
             async with asyncio.timeout(self._timeout):
-                result = await script(keys=keys, args=args)
+                result = await self._evalsha(script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._consecutive_failures += 1
             refused = isinstance(exc, RedisConnectionError | OSError)
@@ -227,3 +235,26 @@ class RedisLimiter:
         self._consecutive_failures = 0
         self._down_until = 0.0
         return result
+
+    async def _evalsha(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on a pooled connection, loading the script on NOSCRIPT (after a Redis
+        restart or SCRIPT FLUSH). This skips redis-py's client layer (retries, events,
+        observability hooks), which costs more CPU than the round trip itself; the
+        connection, its hiredis parser and the pool are redis-py's."""
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return await connection.read_response()
+            except NoScriptError:
+                await connection.send_command("SCRIPT", "LOAD", script.source)
+                await connection.read_response()
+                await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await connection.read_response()
+        except BaseException:
+            # Cancelled or failed mid-call: a reply may still be in flight on this
+            # connection, and the next caller must never read it as its own.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)

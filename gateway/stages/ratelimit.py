@@ -3,9 +3,11 @@ requests, optionally narrower per model, decided in one backend call per request
 
 Before the call, the request reserves its estimated tokens (see `accounting`) and takes a
 concurrency lease; after it, `settle` gives the lease back and charges the real usage
-instead of the estimate. Settling runs as a background task, so it happens even when the
+instead of the estimate. Settling runs in the background, so it happens even when the
 client has left and the request's own task is cancelled, and it adds nothing to the
-answer's latency.
+answer's latency. Settlements are batched for a few milliseconds (one backend call per
+team per batch instead of one per request), which halves the Redis round trips of a
+limited request; a lease is returned at most `_SETTLE_DELAY_S` late.
 
 Answers: 429 `rate_limit_exceeded` naming the limit, with `Retry-After`; OpenAI's
 `x-ratelimit-*` headers on every response of a limited team. When the backend cannot
@@ -14,6 +16,7 @@ decide in time, `failure_mode` admits (logging once per interval) or refuses wit
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -29,6 +32,7 @@ from gateway.limiter.base import (
     LimiterBackend,
     LimiterUnavailable,
     LimitKind,
+    Settlement,
     TokenAdjustment,
 )
 from gateway.observability.metrics import GatewayMetrics
@@ -36,6 +40,9 @@ from gateway.tasks import BackgroundTasks
 
 # A lease outlives the longest call it can cover by this much; after that it frees itself.
 _LEASE_SLACK_MS = 60_000
+# How long finished requests wait to be settled together, and the most in one batch.
+_SETTLE_DELAY_S = 0.005
+_SETTLE_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,8 @@ class RateLimitStage:
         self._warn_interval = config.rate_limits.warn_interval_s
         self._last_warning = -math.inf
         self._budgets: dict[tuple[str, str], _Budget] = {}
+        self._pending: dict[str, list[Settlement]] = {}
+        self._flush_scheduled = False
         prefix = config.rate_limits.key_prefix
         for team_name, team in config.teams.items():
             for model_name, model in config.models.items():
@@ -137,28 +146,36 @@ class RateLimitStage:
             headers=headers,
         )
 
-    def settle(self, admission: Admission, used_tokens: int) -> None:
+    def settle(self, team: str, admission: Admission, used_tokens: int) -> None:
         """Release the lease and charge `used_tokens` instead of the reservation."""
         delta = used_tokens - admission.reserved_tokens
-        adjustments = [
+        adjustments = tuple(
             TokenAdjustment(c.key, c.limit, delta, c.period_ms)
             for c in admission.token_checks
             if delta
-        ]
-        if admission.lease_keys or adjustments:
-            self._tasks.spawn(
-                self._settle(admission.lease_keys, admission.lease_id, adjustments),
-                name=f"settle-{admission.lease_id}",
-            )
+        )
+        if not admission.lease_keys and not adjustments:
+            return
+        batch = self._pending.setdefault(team, [])
+        batch.append(Settlement(admission.lease_id, tuple(admission.lease_keys), adjustments))
+        if len(batch) >= _SETTLE_BATCH:
+            self._tasks.spawn(self._flush(team, self._pending.pop(team)), name="settle")
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._tasks.spawn(self._flush_soon(), name="settle-soon")
 
-    async def _settle(
-        self, lease_keys: list[str], lease_id: str, adjustments: list[TokenAdjustment]
-    ) -> None:
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_SETTLE_DELAY_S)
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        await asyncio.gather(*(self._flush(team, batch) for team, batch in pending.items()))
+
+    async def _flush(self, team: str, batch: list[Settlement]) -> None:
         try:
-            await self._backend.settle(lease_keys, lease_id, adjustments)
+            await self._backend.settle(batch)
         except LimiterUnavailable as unavailable:
-            # The lease expires by itself; the token difference is lost (bounded by one
-            # request's reservation).
+            # The leases expire by themselves; the token differences are lost (bounded by
+            # the reservations of this batch).
             self._warn(str(unavailable))
 
     def _unavailable(self, team: str, reason: str) -> Admission | None:
