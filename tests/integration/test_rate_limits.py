@@ -95,6 +95,12 @@ async def test_requests_per_minute_admits_exactly_the_limit(start_limited: Any) 
     assert "requests per minute" in body["error"]["message"]
     # One request per 20 s refills; the first slot frees ~20 s after the first request.
     assert 18 <= int(headers["Retry-After"]) <= 21
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert (
+        'llm_gateway_rate_limited_requests_total{limit="requests",'
+        f'model="{MODEL}",team="team-a"}} 1.0'
+    ) in metrics
 
 
 async def test_every_response_of_a_limited_team_has_openai_headers(

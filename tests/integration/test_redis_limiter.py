@@ -176,6 +176,8 @@ async def test_fail_open_admits_within_the_deadline_and_recovers(
         assert all("x-ratelimit-limit-requests" not in h for _, h, _ in outage)
         async with session.get(f"{gateway.url}/readyz") as ready:
             assert (await ready.json())["rate_limiter"] == "redis-unavailable"
+        async with session.get(f"{gateway.url}/metrics") as resp:
+            assert "llm_gateway_rate_limiter_fail_open_total 6.0" in await resp.text()
 
         if fault == "killed":
             own_redis.start()
