@@ -76,9 +76,11 @@ class UpstreamTimeouts(BaseModel):
     model_config = _FROZEN
 
     connect: Seconds = 5.0
-    # Longest silence on the socket: time to the response headers, and the idle gap
-    # between two stream events.
-    read: Seconds = 60.0
+    # From sending the request to the response headers.
+    first_byte: Seconds = 60.0
+    # Longest silence while reading the answer: between two stream events, or within a body.
+    idle: Seconds = 60.0
+    # The whole call, stream included.
     total: Seconds = 600.0
 
 
@@ -86,7 +88,7 @@ class UpstreamConfig(BaseModel):
     model_config = _FROZEN
 
     base_url: AnyHttpUrl
-    dialect: Literal["openai", "together"] = "openai"
+    dialect: Literal["openai", "together", "vllm", "anthropic"] = "openai"
     # The name of the environment variable that holds this upstream's API key.
     api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
@@ -105,9 +107,6 @@ class UpstreamConfig(BaseModel):
             raise ValueError(f"environment variable {variable} is not set or empty")
         return EnvSecret(variable, value)
 
-    @property
-    def chat_url(self) -> str:
-        return str(self.base_url).rstrip("/") + "/chat/completions"
 
 
 class ModelUpstream(BaseModel):
@@ -116,6 +115,8 @@ class ModelUpstream(BaseModel):
     upstream: Name
     # The model's name at that upstream, when it differs from the public name.
     model: str | None = None
+    # Share of the model's traffic, relative to its other upstreams.
+    weight: Annotated[float, Field(gt=0)] = 1.0
 
 
 class ModelConfig(BaseModel):
@@ -125,6 +126,9 @@ class ModelConfig(BaseModel):
     context_window: Annotated[int, Field(ge=1)] | None = None
     owned_by: str = "llm-gateway"
     upstreams: Annotated[list[ModelUpstream], Field(min_length=1)]
+    # Parameters this model's upstreams cannot honour that may be dropped instead of
+    # refused with 400; a dropped parameter is named in `x-gateway-dropped-params`.
+    drop_params: list[str] = []
 
 
 class TeamLimits(BaseModel):
@@ -167,11 +171,42 @@ class RateLimitConfig(BaseModel):
     key_prefix: Name = "llmgw"
 
 
+class RetryConfig(BaseModel):
+    """Retries on another upstream after 429, 503, 504 or a failed connection."""
+
+    model_config = _FROZEN
+
+    # Upstream attempts per request, the first included.
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # Retries in flight may not exceed this share of requests in flight...
+    budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    # ...except that this many are always allowed (Envoy's defaults: 20%, 3).
+    budget_min: Annotated[int, Field(ge=0)] = 3
+    backoff_base_ms: Annotated[float, Field(ge=0)] = 25.0
+    backoff_max_ms: Annotated[float, Field(ge=0)] = 250.0
+    # An upstream Retry-After longer than this is passed to the client instead of waited.
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 2.0
+
+
+class HealthConfig(BaseModel):
+    """Passive health: upstreams that keep failing are ejected for a while."""
+
+    model_config = _FROZEN
+
+    # Consecutive failures (connect error, 5xx, timeout) that eject an upstream.
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    # First ejection; each further one doubles it, up to the maximum.
+    base_ejection_s: Annotated[float, Field(gt=0)] = 5.0
+    max_ejection_s: Annotated[float, Field(gt=0)] = 300.0
+
+
 class GatewayConfig(BaseModel):
     model_config = _FROZEN
 
     server: ServerConfig = ServerConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    retries: RetryConfig = RetryConfig()
+    health: HealthConfig = HealthConfig()
     upstreams: dict[Name, UpstreamConfig]
     models: dict[Name, ModelConfig]
     teams: dict[Name, TeamConfig]

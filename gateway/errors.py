@@ -106,3 +106,40 @@ class InternalError(GatewayError):
     status = 500
     error_type = "internal_error"
     default_code = "internal_error"
+
+
+def from_upstream(
+    status: int,
+    message: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after: str | None = None,
+) -> GatewayError:
+    """The error a client gets for an upstream's error status, whether it came as the HTTP
+    status or inside a stream (vLLM's integer `code`, Anthropic's error types).
+
+    An upstream's refusal of the gateway's own credentials (401/403) is the operator's
+    problem, not the client's: a 503 that says so, never a 401 blaming the client's key."""
+    if status in (401, 403):
+        return UpstreamUnavailable(
+            "The upstream refused the gateway's own credentials; "
+            "the gateway operator must fix the upstream API key.",
+            code="upstream_auth_failed",
+        )
+    if status == 429:
+        return RateLimited(
+            "The upstream is rate limiting this model; retry later.",
+            code="upstream_rate_limited",
+            headers={"Retry-After": retry_after} if retry_after else None,
+        )
+    if status == 504:
+        return UpstreamTimeout("The upstream timed out.")
+    if status in (400, 404, 413, 422):
+        error_class = ModelNotFound if status == 404 else InvalidRequest
+        return error_class(
+            message or f"The upstream rejected the request (HTTP {status}).",
+            param=param,
+            code=code,
+        )
+    return UpstreamUnavailable(f"The upstream failed (HTTP {status}).")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from gateway.dialects.base import UpstreamDialect
 from gateway.dialects.openai import OpenAIDialect
 from gateway.dialects.together import TogetherDialect
+from gateway.dialects.vllm import VLLMDialect
 
 DIALECTS: dict[str, UpstreamDialect] = {
     "openai": OpenAIDialect(),
     "together": TogetherDialect(),
+    "vllm": VLLMDialect(),
 }
 
 __all__ = ["DIALECTS", "UpstreamDialect"]

@@ -11,52 +11,75 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.contract import ChatCompletionRequest
-from gateway.dialects.base import contract_body, unsupported
-
-# Contract parameters OpenAI has no equivalent for.
-_UNSUPPORTED = (
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "echo",
-    "safety_model",
-    "compliance",
-    "reasoning",
+from gateway.dialects.base import (
+    CONTRACT_PARAMETERS,
+    Fate,
+    StreamTranslator,
+    bearer,
+    contract_body,
+    unsupported,
 )
+
+
+def openai_json_schema(response_format: dict[str, Any]) -> dict[str, Any]:
+    """The contract's json_schema response_format in OpenAI's nested form."""
+    json_schema: dict[str, Any] = {
+        "name": response_format.get("name") or "response",
+        "schema": response_format["schema"],
+    }
+    if "strict" in response_format:
+        json_schema["strict"] = response_format["strict"]
+    return {"type": "json_schema", "json_schema": json_schema}
 
 
 class OpenAIDialect:
     name = "openai"
+    path = "/chat/completions"
+    fates = dict.fromkeys(CONTRACT_PARAMETERS, Fate.PASS) | {
+        "max_tokens": Fate.TRANSLATE,  # max_completion_tokens
+        "logprobs": Fate.TRANSLATE,  # logprobs: true + top_logprobs
+        "response_format": Fate.TRANSLATE,  # json_schema nested; regex refused
+        "context_length_exceeded_behavior": Fate.TRANSLATE,  # "error" is OpenAI's way
+        "top_k": Fate.UNSUPPORTED,
+        "min_p": Fate.UNSUPPORTED,
+        "repetition_penalty": Fate.UNSUPPORTED,
+        "echo": Fate.UNSUPPORTED,
+        "safety_model": Fate.UNSUPPORTED,
+        "compliance": Fate.UNSUPPORTED,
+        "reasoning": Fate.UNSUPPORTED,
+    }
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        return bearer(api_key)
 
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
     ) -> dict[str, Any]:
-        body = contract_body(request, upstream_model)
-        for param in _UNSUPPORTED:
-            if param in body:
-                raise unsupported(param, public_model, self.name)
-
-        behaviour = body.pop("context_length_exceeded_behavior", "error")
-        if behaviour != "error":  # OpenAI always errors on an overlong prompt
-            raise unsupported("context_length_exceeded_behavior", public_model, self.name)
-
+        body = translate_openai_forms(contract_body(request, upstream_model), public_model, self.name)
         if "max_tokens" in body:
             body["max_completion_tokens"] = body.pop("max_tokens")
-
-        if "logprobs" in body:
-            body["top_logprobs"] = body["logprobs"]
-            body["logprobs"] = True
-
         response_format = body.get("response_format")
-        if response_format is not None:
-            if response_format["type"] == "regex":
-                raise unsupported("response_format.pattern", public_model, self.name)
-            if response_format["type"] == "json_schema":
-                json_schema: dict[str, Any] = {
-                    "name": response_format.get("name") or "response",
-                    "schema": response_format["schema"],
-                }
-                if "strict" in response_format:
-                    json_schema["strict"] = response_format["strict"]
-                body["response_format"] = {"type": "json_schema", "json_schema": json_schema}
+        if response_format is not None and response_format["type"] == "regex":
+            raise unsupported("response_format.pattern", public_model, self.name)
         return body
+
+    def translate_response(self, body: dict[str, Any], public_model: str) -> dict[str, Any] | None:
+        return None
+
+    def stream_translator(self, include_usage: bool) -> StreamTranslator | None:
+        return None
+
+
+def translate_openai_forms(body: dict[str, Any], public_model: str, dialect: str) -> dict[str, Any]:
+    """What OpenAI and the servers that copy it share: logprobs as a flag plus a count, the
+    nested JSON schema, and no context_length_exceeded_behavior (they always error)."""
+    behaviour = body.pop("context_length_exceeded_behavior", "error")
+    if behaviour != "error":
+        raise unsupported("context_length_exceeded_behavior", public_model, dialect)
+    if "logprobs" in body:
+        body["top_logprobs"] = body["logprobs"]
+        body["logprobs"] = True
+    response_format = body.get("response_format")
+    if response_format is not None and response_format["type"] == "json_schema":
+        body["response_format"] = openai_json_schema(response_format)
+    return body

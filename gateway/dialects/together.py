@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.contract import ChatCompletionRequest
-from gateway.dialects.base import contract_body
+from gateway.dialects.base import CONTRACT_PARAMETERS, Fate, StreamTranslator, bearer, contract_body
 
 
 class TogetherDialect:
     name = "together"
+    path = "/chat/completions"
+    fates = dict.fromkeys(CONTRACT_PARAMETERS, Fate.PASS) | {
+        # Together takes the schema at the top; an OpenAI-style name is only a label.
+        "response_format": Fate.TRANSLATE,
+    }
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        return bearer(api_key)
 
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
@@ -17,6 +25,11 @@ class TogetherDialect:
         body = contract_body(request, upstream_model)
         response_format = body.get("response_format")
         if response_format is not None and response_format["type"] == "json_schema":
-            # Together takes the schema at the top; an OpenAI-style name is only a label.
             body["response_format"] = {"type": "json_schema", "schema": response_format["schema"]}
         return body
+
+    def translate_response(self, body: dict[str, Any], public_model: str) -> dict[str, Any] | None:
+        return None
+
+    def stream_translator(self, include_usage: bool) -> StreamTranslator | None:
+        return None

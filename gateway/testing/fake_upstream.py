@@ -8,7 +8,11 @@ gateway sent and when it hung up.
 
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
-list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`.
+list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
+`stream_error=400;error_after=2` (vLLM's way: an error event inside a 200 stream).
+
+`POST /v1/messages` answers the same way in Anthropic's Messages API (see
+`fake_anthropic`), so the anthropic dialect is tested against a real server too.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Behavior:
     hang: bool = False  # never answer (until the client goes away)
     abort_after: int | None = None  # stream this many content events, then drop
     delay: float = 0.0  # seconds before each stream event
+    stream_error: int | None = None  # send an error event with this integer code...
+    error_after: int = 0  # ...after this many content events
 
     @classmethod
     def parse(cls, text: str, base: Behavior | None = None) -> Behavior:
@@ -49,6 +55,10 @@ class Behavior:
                 behavior = replace(behavior, abort_after=int(value))
             elif key == "delay":
                 behavior = replace(behavior, delay=float(value))
+            elif key == "stream_error":
+                behavior = replace(behavior, stream_error=int(value))
+            elif key == "error_after":
+                behavior = replace(behavior, error_after=int(value))
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
@@ -76,10 +86,16 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
         return app
 
-    def _behavior(self, request: web.Request) -> Behavior:
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        from gateway.testing.fake_anthropic import anthropic_messages
+
+        return await anthropic_messages(self, request)
+
+    def behavior_for(self, request: web.Request) -> Behavior:
         header = request.headers.get("x-fake-behavior")
         if header is not None:
             return Behavior.parse(header, self.default)
@@ -91,7 +107,7 @@ class FakeUpstream:
         return web.json_response({"object": "list", "data": []})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        behavior = self._behavior(request)
+        behavior = self.behavior_for(request)
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -116,13 +132,13 @@ class FakeUpstream:
         if not isinstance(body.get("messages"), list):
             return _error(400, "messages is required", param="messages")
 
-        answer = _Answer.of(body)
+        answer = EchoAnswer.of(body)
         if body.get("stream"):
             return await self._stream(request, body, answer, behavior)
         return web.json_response(answer.completion())
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], answer: _Answer, behavior: Behavior
+        self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -135,6 +151,10 @@ class FakeUpstream:
                 if behavior.abort_after is not None and sent_content >= behavior.abort_after:
                     assert request.transport is not None
                     request.transport.abort()
+                    return response
+                if behavior.stream_error is not None and sent_content >= behavior.error_after:
+                    await response.write(_stream_error(behavior.stream_error))
+                    await response.write_eof()
                     return response
                 await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
@@ -149,7 +169,7 @@ class FakeUpstream:
 
 
 @dataclass(frozen=True, slots=True)
-class _Answer:
+class EchoAnswer:
     model: str
     words: list[str]
     finish_reason: str
@@ -158,19 +178,19 @@ class _Answer:
     created: int
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> _Answer:
+    def of(cls, body: dict[str, Any]) -> EchoAnswer:
         messages = body["messages"]
         last_user = next(
             (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
             {},
         )
-        words = ("echo: " + _text(last_user.get("content"))).split()
+        words = ("echo: " + text_of(last_user.get("content"))).split()
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         finish_reason = "stop"
         if isinstance(limit, int) and len(words) > limit:
             words, finish_reason = words[:limit], "length"
         prompt_tokens = sum(
-            len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict)
+            len(text_of(m.get("content")).split()) for m in messages if isinstance(m, dict)
         )
         return cls(
             model=str(body.get("model")),
@@ -221,7 +241,7 @@ class _Answer:
         return out
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -231,6 +251,17 @@ def _text(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
+
+
+def _stream_error(code: int) -> bytes:
+    error = {
+        "object": "error",
+        "message": f"fake upstream error {code} inside the stream",
+        "type": "BadRequestError" if code < 500 else "InternalServerError",
+        "param": None,
+        "code": code,
+    }
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
 
 
 def _error(
