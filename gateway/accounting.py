@@ -14,6 +14,8 @@ OpenAI-compatible servers stream.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.context import Usage
 from gateway.contract import ChatCompletionRequest, StreamOptions, TextPart
 
@@ -59,3 +61,14 @@ def actual_usage(reported: Usage | None, prompt_estimate: int, content_events: i
     return Usage(
         prompt_tokens=prompt_estimate if content_events else 0, completion_tokens=content_events
     )
+
+
+def usage_of(answer: dict[str, Any]) -> Usage | None:
+    """The `usage` of an OpenAI-shaped answer or chunk, when it has a valid one."""
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)

@@ -18,6 +18,7 @@ from gateway import handlers
 from gateway.appkeys import (
     AUTHENTICATOR,
     CONFIG,
+    HEALTH,
     LIMITER,
     LOG,
     METRICS,
@@ -46,7 +47,9 @@ from gateway.stages.auth import Authenticator
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.route import Router
 from gateway.tasks import BackgroundTasks
+from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import UpstreamClient
+from gateway.upstream.health import HealthBook
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # nginx's code for "the client closed the connection before the answer".
@@ -74,6 +77,10 @@ def build_app(
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIMITER] = limiter or _limiter_backend(config)
     app[RATE_LIMITS] = RateLimitStage(config, app[LIMITER], app[TASKS], app[LOG], app[METRICS])
+    app[HEALTH] = HealthBook(
+        config.health,
+        {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
+    )
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
     app.on_response_prepare.append(_add_request_id)
@@ -113,7 +120,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent",),
         auto_decompress=True,
     )
-    app[UPSTREAMS] = UpstreamClient(config, session)
+    app[UPSTREAMS] = UpstreamCaller(
+        UpstreamClient(config, session), app[HEALTH], config.retries, app[METRICS]
+    )
     yield
     await session.close()
 

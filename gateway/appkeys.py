@@ -13,12 +13,14 @@ from gateway.stages.auth import Authenticator
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.route import Router
 from gateway.tasks import BackgroundTasks
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.caller import UpstreamCaller
+from gateway.upstream.health import HealthBook
 
 CONFIG = web.AppKey("config", GatewayConfig)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ROUTER = web.AppKey("router", Router)
-UPSTREAMS = web.AppKey("upstreams", UpstreamClient)
+UPSTREAMS = web.AppKey("upstreams", UpstreamCaller)
+HEALTH = web.AppKey("health", HealthBook)
 LOG = web.AppKey("log", FilteringBoundLogger)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 TASKS = web.AppKey("tasks", BackgroundTasks)

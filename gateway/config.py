@@ -27,6 +27,8 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.dialects.base import CONTRACT_PARAMETERS
+
 _FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")]
@@ -106,7 +108,6 @@ class UpstreamConfig(BaseModel):
         if not value:
             raise ValueError(f"environment variable {variable} is not set or empty")
         return EnvSecret(variable, value)
-
 
 
 class ModelUpstream(BaseModel):
@@ -233,6 +234,9 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"models.{name}.upstreams[{i}].upstream: unknown upstream "
                     f"'{target.upstream}' (known: {', '.join(sorted(config.upstreams))})"
                 )
+        for i, param in enumerate(model.drop_params):
+            if param not in CONTRACT_PARAMETERS:
+                problems.append(f"models.{name}.drop_params[{i}]: not a contract parameter")
         for i, alias in enumerate(model.aliases):
             where = f"models.{name}.aliases[{i}]"
             if alias in public_names:

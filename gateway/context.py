@@ -19,6 +19,7 @@ class RequestContext:
     team: str | None = None
     model: str | None = None
     upstream: str | None = None
+    attempts: int = 0
     stream: bool = False
     status: int = 0
     # How the request ended when it did not end with a plain response: "client_aborted",

@@ -1,6 +1,6 @@
 """HTTP handlers. The chat handler reads top to bottom like the request path:
-auth → validate → route → translate → rate limit → upstream → relay → account; the
-middleware in `app.py` answers errors and writes the access line."""
+auth → validate → route → translate → rate limit → upstream (pick, call, retry) → relay →
+account; the middleware in `app.py` answers errors and writes the access line."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gateway.accounting import (
 from gateway.appkeys import (
     AUTHENTICATOR,
     CONFIG,
+    HEALTH,
     LIMITER,
     METRICS,
     RATE_LIMITS,
@@ -27,7 +28,9 @@ from gateway.appkeys import (
 )
 from gateway.limiter.redis import RedisLimiter
 from gateway.relay import relay_json, relay_stream
+from gateway.stages.translate import translate
 from gateway.stages.validate import read_chat_request
+from gateway.upstream.client import JsonAnswer
 
 _STARTED = int(time.time())
 
@@ -46,10 +49,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = app[ROUTER].resolve(team.name, chat.model)
     ctx.model = route.model
 
-    target = route.targets[0]
     client_wants_usage = ask_for_stream_usage(chat)
-    body = to_json(target.dialect.build_body(chat, target.upstream_model, route.model))
-    ctx.upstream = target.upstream_name
+    translation = translate(route, chat)
+    if translation.dropped:
+        ctx.response_headers["x-gateway-dropped-params"] = ",".join(translation.dropped)
 
     prompt_tokens = estimate_prompt_tokens(chat)
     limits = app[RATE_LIMITS]
@@ -59,12 +62,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         ctx.response_headers.update(admission.headers)
 
     try:
-        async with app[UPSTREAMS].post_chat(target.upstream_name, body, ctx.request_id) as upstream:
-            if chat.is_stream:
-                return await relay_stream(
-                    request, upstream, ctx, server.max_event_bytes, client_wants_usage
-                )
-            return await relay_json(upstream, ctx, server.max_upstream_body_bytes)
+        answer = await app[UPSTREAMS].call(route, translation, chat.is_stream, ctx)
+        if isinstance(answer, JsonAnswer):
+            return relay_json(answer, ctx)
+        try:
+            return await relay_stream(request, answer, ctx, client_wants_usage)
+        finally:
+            answer.close()
     finally:
         ctx.usage = actual_usage(ctx.usage, prompt_tokens, ctx.content_events)
         if admission is not None:
@@ -111,6 +115,7 @@ async def readyz(request: web.Request) -> web.Response:
             "status": "ready" if ready else "starting",
             "config_loaded": CONFIG in app,
             "rate_limiter": rate_limiter,
+            "upstreams": app[HEALTH].snapshot(),
         },
         status=200 if ready else 503,
     )

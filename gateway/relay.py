@@ -1,22 +1,24 @@
 """Relay stage: the upstream's answer to the client.
 
-Non-streamed answers are forwarded byte for byte after a size bound and a JSON check.
-Streams are forwarded event by event as each arrives, never buffered whole. A stream that
-the upstream cuts, times out or overflows ends with an OpenAI-shaped error event and no
-`[DONE]`, so a client can tell a cut answer from a complete one.
+Whole answers go out as the upstream (or its dialect's translation) produced them. Streams
+are forwarded event by event as each arrives, never buffered whole; the client's response
+starts only once the upstream's first event is in (until then a failure can still be
+retried elsewhere). A stream that the upstream cuts, reports an error in, stalls past the
+idle timeout or overflows ends with an OpenAI-shaped error event and no `[DONE]`, so a
+client can tell a cut answer from a complete one.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic_core import from_json
 
-from gateway.context import RequestContext, Usage
-from gateway.errors import UpstreamUnavailable
-from gateway.upstream.sse import EventTooLarge, error_event, is_done, iter_events
+from gateway.accounting import usage_of
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.upstream.client import JsonAnswer, StreamAnswer
+from gateway.upstream.sse import EventTooLarge, error_event, is_done
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {
@@ -27,37 +29,24 @@ _SSE_HEADERS = {
 }
 
 
-async def relay_json(
-    upstream: aiohttp.ClientResponse, ctx: RequestContext, max_bytes: int
-) -> web.Response:
-    body = bytearray()
-    async for chunk in upstream.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > max_bytes:
-            raise UpstreamUnavailable("The upstream's answer exceeded the gateway's size limit.")
-    try:
-        parsed = from_json(body)
-    except ValueError:
-        raise UpstreamUnavailable("The upstream sent an answer that is not JSON.") from None
-    if not isinstance(parsed, dict):
-        raise UpstreamUnavailable("The upstream sent an answer that is not a JSON object.")
-    ctx.usage = usage_of(parsed)
-    return web.Response(body=bytes(body), status=200, headers=_JSON_HEADERS)
+def relay_json(answer: JsonAnswer, ctx: RequestContext) -> web.Response:
+    ctx.usage = answer.usage
+    return web.Response(body=answer.body, status=200, headers=_JSON_HEADERS)
 
 
 async def relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    answer: StreamAnswer,
     ctx: RequestContext,
-    max_event_bytes: int,
     client_wants_usage: bool,
 ) -> web.StreamResponse:
     """Relay an SSE stream. The gateway always asks upstreams for a final usage chunk (to
     charge tokens exactly); it reaches the client only if the client asked for it too."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     await response.prepare(request)
+    ctx.first_byte = ctx.elapsed_ms()
     try:
-        if not await _forward_events(upstream, response, ctx, max_event_bytes, client_wants_usage):
+        if not await _forward_events(answer, response, ctx, client_wants_usage):
             ctx.outcome = "upstream_cut"
     except ConnectionResetError:
         # The client left while an event was being written: nothing more to say to it.
@@ -68,29 +57,24 @@ async def relay_stream(
 
 
 async def _forward_events(
-    upstream: aiohttp.ClientResponse,
+    answer: StreamAnswer,
     response: web.StreamResponse,
     ctx: RequestContext,
-    max_event_bytes: int,
     client_wants_usage: bool,
 ) -> bool:
     """Relays events until [DONE] (returns True) or a failure, which ends the stream with
     an error event and no [DONE] (returns False)."""
     try:
-        async for event in iter_events(upstream.content.iter_any(), max_event_bytes):
-            if ctx.first_byte is None:
-                ctx.first_byte = ctx.elapsed_ms()
-            if is_done(event):
-                await response.write(event)
+        if await _forward(answer.first, response, ctx, client_wants_usage):
+            return True
+        async for event in answer.rest:
+            if await _forward(event, response, ctx, client_wants_usage):
                 return True
-            if b'"usage"' in event and _note_usage(event, ctx) and not client_wants_usage:
-                continue
-            if event.startswith(b"data:"):
-                ctx.content_events += 1
-            await response.write(event)
         failure = error_event("The upstream ended the stream early.", "upstream_error")
     except ConnectionResetError:
         raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
+    except GatewayError as error:  # reported by the upstream inside the stream
+        failure = error_event(error.message, error.code or "upstream_error", error.error_type)
     except EventTooLarge:
         failure = error_event("The upstream sent an event larger than allowed.", "upstream_error")
     except TimeoutError:
@@ -101,14 +85,19 @@ async def _forward_events(
     return False
 
 
-def usage_of(answer: dict[str, Any]) -> Usage | None:
-    usage = answer.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+async def _forward(
+    event: bytes, response: web.StreamResponse, ctx: RequestContext, client_wants_usage: bool
+) -> bool:
+    """Writes one event; True when it was the stream's [DONE]."""
+    if is_done(event):
+        await response.write(event)
+        return True
+    if b'"usage"' in event and _note_usage(event, ctx) and not client_wants_usage:
+        return False
+    if event.startswith(b"data:"):
+        ctx.content_events += 1
+    await response.write(event)
+    return False
 
 
 def _note_usage(event: bytes, ctx: RequestContext) -> bool:

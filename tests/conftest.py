@@ -40,7 +40,7 @@ def config_dict(upstream_url: str, **server: Any) -> dict[str, Any]:
     upstream = {
         "base_url": f"{upstream_url}/v1",
         "api_key_env": UPSTREAM_KEY_ENV,
-        "timeouts": {"connect": 2, "read": 5, "total": 30},
+        "timeouts": {"connect": 2, "first_byte": 5, "idle": 5, "total": 30},
     }
     return {
         "server": {"log_format": "json", "log_level": "debug", **server},

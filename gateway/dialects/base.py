@@ -22,7 +22,7 @@ from gateway.errors import InvalidRequest
 
 
 class Fate(enum.StrEnum):
-    PASS = "pass"  # sent as the contract has it
+    PASS = "pass"  # noqa: S105 (sent as the contract has it)
     TRANSLATE = "translate"  # sent in the upstream's own form (some values may be refused)
     UNSUPPORTED = "unsupported"  # 400, or dropped when the model's config allows it
 
@@ -48,7 +48,11 @@ class UpstreamDialect(Protocol):
     name: str
     # Appended to the upstream's base_url.
     path: str
-    fates: Mapping[str, Fate]
+
+    @property
+    def fates(self) -> Mapping[str, Fate]:
+        """The fate of every contract parameter (CONTRACT_PARAMETERS)."""
+        ...
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         """Authentication and protocol headers for every call."""
@@ -92,19 +96,20 @@ def unsupported(param: str, public_model: str, dialect: str) -> InvalidRequest:
 
 
 def refuse_or_drop(
-    dialect: UpstreamDialect,
     request: ChatCompletionRequest,
-    public_model: str,
+    unsupported_params: frozenset[str],
     droppable: frozenset[str],
+    public_model: str,
+    dialects: str,
 ) -> tuple[ChatCompletionRequest, list[str]]:
-    """The request without the parameters the model may drop, and their names; raises
-    for an unsupported parameter it may not drop."""
+    """The request without the unsupported parameters the model may drop, and their names;
+    raises for an unsupported parameter it may not drop."""
     dropped: list[str] = []
     for name in CONTRACT_PARAMETERS:
-        if getattr(request, name) is None or dialect.fates[name] is not Fate.UNSUPPORTED:
+        if name not in unsupported_params or getattr(request, name) is None:
             continue
         if name not in droppable:
-            raise unsupported(name, public_model, dialect.name)
+            raise unsupported(name, public_model, dialects)
         dropped.append(name)
     if dropped:
         request = request.model_copy(update=dict.fromkeys(dropped))

@@ -55,7 +55,9 @@ class OpenAIDialect:
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
     ) -> dict[str, Any]:
-        body = translate_openai_forms(contract_body(request, upstream_model), public_model, self.name)
+        body = translate_openai_forms(
+            contract_body(request, upstream_model), public_model, self.name
+        )
         if "max_tokens" in body:
             body["max_completion_tokens"] = body.pop("max_tokens")
         response_format = body.get("response_format")

@@ -40,7 +40,9 @@ class VLLMDialect:
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
     ) -> dict[str, Any]:
-        body = translate_openai_forms(contract_body(request, upstream_model), public_model, self.name)
+        body = translate_openai_forms(
+            contract_body(request, upstream_model), public_model, self.name
+        )
         response_format = body.get("response_format")
         if response_format is not None and response_format["type"] == "regex":
             del body["response_format"]

@@ -32,5 +32,24 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.retries = Counter(
+            f"{PREFIX}_upstream_retries",
+            "Retries on another upstream, by the upstream that failed and why.",
+            ["model", "upstream", "reason"],
+            registry=self.registry,
+        )
+        self.retries_refused = Counter(
+            f"{PREFIX}_upstream_retries_over_budget",
+            "Retries not made because the retry budget was spent.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.ejections = Counter(
+            f"{PREFIX}_upstream_ejections",
+            "Upstreams ejected by passive health after consecutive failures.",
+            ["upstream"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from gateway.config import GatewayConfig, ModelConfig, UpstreamConfig
 from gateway.dialects import DIALECTS, UpstreamDialect
+from gateway.dialects.base import Fate
 from gateway.errors import ModelNotFound
 
 
@@ -22,6 +23,7 @@ class UpstreamTarget:
     upstream: UpstreamConfig
     upstream_model: str
     dialect: UpstreamDialect
+    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,11 @@ class Route:
     model: str  # the public name, whatever alias the client used
     config: ModelConfig
     targets: tuple[UpstreamTarget, ...]
+    # Parameters some upstream of the model cannot honour: refused (or dropped) whichever
+    # upstream serves the request, so the answer does not depend on the pick.
+    unsupported: frozenset[str]
+    droppable: frozenset[str]
+    dialects: str  # for messages: "openai", or "openai/vllm" for a mixed model
 
 
 class Router:
@@ -41,10 +48,23 @@ class Router:
                     upstream=config.upstreams[t.upstream],
                     upstream_model=t.model or name,
                     dialect=DIALECTS[config.upstreams[t.upstream].dialect],
+                    weight=t.weight,
                 )
                 for t in model.upstreams
             )
-            route = Route(model=name, config=model, targets=targets)
+            route = Route(
+                model=name,
+                config=model,
+                targets=targets,
+                unsupported=frozenset(
+                    param
+                    for target in targets
+                    for param, fate in target.dialect.fates.items()
+                    if fate is Fate.UNSUPPORTED
+                ),
+                droppable=frozenset(model.drop_params),
+                dialects="/".join(sorted({t.dialect.name for t in targets})),
+            )
             for label in (name, *model.aliases):
                 routes[label] = route
         self._by_team: dict[str, dict[str, Route]] = {}

@@ -9,7 +9,8 @@ gateway sent and when it hung up.
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
-`stream_error=400;error_after=2` (vLLM's way: an error event inside a 200 stream).
+`stall_after=2` (silence mid-stream), `stream_error=400;error_after=2` (vLLM's way: an
+error event inside a 200 stream).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -34,7 +35,8 @@ class Behavior:
     reset: bool = False  # drop the connection without answering
     hang: bool = False  # never answer (until the client goes away)
     abort_after: int | None = None  # stream this many content events, then drop
-    delay: float = 0.0  # seconds before each stream event
+    delay: float = 0.0  # seconds before each stream event, and before an error status
+    stall_after: int | None = None  # stream this many content events, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
 
@@ -55,6 +57,8 @@ class Behavior:
                 behavior = replace(behavior, abort_after=int(value))
             elif key == "delay":
                 behavior = replace(behavior, delay=float(value))
+            elif key == "stall_after":
+                behavior = replace(behavior, stall_after=int(value))
             elif key == "stream_error":
                 behavior = replace(behavior, stream_error=int(value))
             elif key == "error_after":
@@ -127,6 +131,8 @@ class FakeUpstream:
         if behavior.hang:
             await asyncio.Event().wait()
         if behavior.status is not None:
+            if behavior.delay:
+                await asyncio.sleep(behavior.delay)
             extra = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
             return _error(behavior.status, f"fake upstream error {behavior.status}", headers=extra)
         if not isinstance(body.get("messages"), list):
@@ -152,6 +158,8 @@ class FakeUpstream:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
+                if behavior.stall_after is not None and sent_content >= behavior.stall_after:
+                    await asyncio.Event().wait()
                 if behavior.stream_error is not None and sent_content >= behavior.error_after:
                     await response.write(_stream_error(behavior.stream_error))
                     await response.write_eof()

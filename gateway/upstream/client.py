@@ -1,130 +1,276 @@
-"""Calls to upstreams: one shared `aiohttp.ClientSession`, per-upstream timeouts and
-pre-built headers, and the mapping of every transport failure and upstream error status
-to the gateway's own errors.
+"""One attempt at one upstream: the shared `aiohttp.ClientSession`, the upstream's pre-built
+URL, headers and timeouts, and the classification of every way the attempt can fail.
 
-An upstream's refusal of the gateway's credentials (401/403) is the operator's problem,
-not the client's: it becomes a 503 that says so, never a 401 blaming the client's key.
+An attempt ends when the answer is safe to commit to: a whole JSON answer read (and
+translated), or a stream's first event. Until then nothing has reached the client, so a
+failure may be retried elsewhere (`AttemptFailed.retryable`); after it, a stream's failure
+can only end the stream (see `relay`).
+
+Timeouts per upstream: `connect`; `first_byte`, from sending to the response headers;
+`idle`, the longest silence while reading (between stream events); `total`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
-from gateway.config import GatewayConfig
-from gateway.errors import (
-    GatewayError,
-    InvalidRequest,
-    ModelNotFound,
-    RateLimited,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.accounting import usage_of
+from gateway.config import GatewayConfig, ServerConfig
+from gateway.context import Usage
+from gateway.dialects import DIALECTS
+from gateway.dialects.base import StreamTranslator
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, from_upstream
+from gateway.stages.route import UpstreamTarget
+from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
+from gateway.upstream.sse import EventTooLarge, iter_events
 
 # Upstream error bodies are read only this far: enough for any real error message.
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_UPSTREAM_MESSAGE = 1000
 
 
+class AttemptFailed(Exception):
+    def __init__(
+        self,
+        error: GatewayError,
+        *,
+        retryable: bool,
+        unhealthy: bool,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retryable = retryable
+        # Counts against the upstream's passive health (5xx, connection, timeout).
+        self.unhealthy = unhealthy
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class JsonAnswer:
+    body: bytes
+    usage: Usage | None
+
+
+class StreamAnswer:
+    """A stream whose first event has arrived; iterate the rest, then `close()`."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], response: aiohttp.ClientResponse):
+        self.first = first
+        self.rest = rest
+        self._response = response
+        # Added to by whoever tracks the call (outstanding requests, retry budget).
+        self.on_close: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        # Closing (not releasing) an unfinished response drops its connection, which is
+        # what tells the upstream to stop generating.
+        self._response.close()
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
+            callback()
+
+
 @dataclass(frozen=True, slots=True)
-class UpstreamEndpoint:
+class _Endpoint:
     url: str
     headers: CIMultiDict[str]
     timeout: aiohttp.ClientTimeout
+    first_byte: float
 
 
 class UpstreamClient:
     def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self._session = session
-        self._endpoints: dict[str, UpstreamEndpoint] = {}
+        self._server: ServerConfig = config.server
+        self._endpoints: dict[str, _Endpoint] = {}
         for name, upstream in config.upstreams.items():
-            headers = CIMultiDict({"Content-Type": "application/json"})
-            if upstream.api_key_env is not None:
-                headers["Authorization"] = f"Bearer {upstream.api_key_env.value}"
-            self._endpoints[name] = UpstreamEndpoint(
-                url=upstream.chat_url,
+            dialect = DIALECTS[upstream.dialect]
+            api_key = upstream.api_key_env.value if upstream.api_key_env else None
+            headers = CIMultiDict({"Content-Type": "application/json", **dialect.headers(api_key)})
+            self._endpoints[name] = _Endpoint(
+                url=str(upstream.base_url).rstrip("/") + dialect.path,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=upstream.timeouts.total,
                     connect=upstream.timeouts.connect,
-                    sock_read=upstream.timeouts.read,
+                    sock_read=upstream.timeouts.idle,
                 ),
+                first_byte=upstream.timeouts.first_byte,
             )
 
     @property
     def ready(self) -> bool:
         return not self._session.closed
 
-    @asynccontextmanager
-    async def post_chat(
-        self, upstream_name: str, body: bytes, request_id: str
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST a chat request; yields a 2xx response whose body is still unread.
-
-        The response is closed (not returned to the pool) if the caller stops early, so
-        an abandoned stream also stops the upstream's generation.
-        """
-        endpoint = self._endpoints[upstream_name]
+    async def attempt(
+        self,
+        target: UpstreamTarget,
+        body: bytes,
+        request_id: str,
+        public_model: str,
+        translator: StreamTranslator | None,
+        stream: bool,
+    ) -> JsonAnswer | StreamAnswer:
+        """One call; raises AttemptFailed. A StreamAnswer owns its open response."""
+        endpoint = self._endpoints[target.upstream_name]
         headers = endpoint.headers.copy()
         headers["x-request-id"] = request_id
-        try:
-            response = await self._session.post(
-                endpoint.url, data=body, headers=headers, timeout=endpoint.timeout
-            )
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamUnavailable("The upstream could not be reached in time.") from None
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream did not answer in time.") from None
-        except aiohttp.ClientError:
-            raise UpstreamUnavailable("The upstream could not be reached.") from None
+        response = await self._post(endpoint, body, headers)
         try:
             if response.status >= 300:
-                raise await _error_from(response)
-            yield response
+                raise await _failed_status(response)
+            if stream:
+                return await self._first_event(response, translator)
+            return await self._whole(response, target, public_model)
         except BaseException:
             response.close()
             raise
-        finally:
-            response.release()
+
+    async def _post(
+        self, endpoint: _Endpoint, body: bytes, headers: CIMultiDict[str]
+    ) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(endpoint.first_byte):
+                return await self._session.post(
+                    endpoint.url, data=body, headers=headers, timeout=endpoint.timeout
+                )
+        except aiohttp.ConnectionTimeoutError:
+            raise _unreachable("The upstream could not be reached in time.") from None
+        except TimeoutError:
+            raise AttemptFailed(
+                UpstreamTimeout("The upstream did not answer in time."),
+                retryable=False,
+                unhealthy=True,
+            ) from None
+        except aiohttp.ClientError:
+            raise _unreachable("The upstream could not be reached.") from None
+
+    async def _whole(
+        self, response: aiohttp.ClientResponse, target: UpstreamTarget, public_model: str
+    ) -> JsonAnswer:
+        limit = self._server.max_upstream_body_bytes
+        body = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise _bad_answer("The upstream's answer exceeded the gateway's size limit.")
+        except TimeoutError:
+            raise AttemptFailed(
+                UpstreamTimeout("The upstream stopped sending in time."),
+                retryable=False,
+                unhealthy=True,
+            ) from None
+        except aiohttp.ClientError:
+            raise _unreachable(
+                "The upstream connection broke before the answer was complete."
+            ) from None
+        try:
+            parsed = from_json(body)
+        except ValueError:
+            raise _bad_answer("The upstream sent an answer that is not JSON.") from None
+        if not isinstance(parsed, dict):
+            raise _bad_answer("The upstream sent an answer that is not a JSON object.")
+        translated = target.dialect.translate_response(parsed, public_model)
+        if translated is not None:
+            return JsonAnswer(to_json(translated), usage_of(translated))
+        return JsonAnswer(bytes(body), usage_of(parsed))
+
+    async def _first_event(
+        self, response: aiohttp.ClientResponse, translator: StreamTranslator | None
+    ) -> StreamAnswer:
+        events = _openai_events(
+            iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
+        )
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            raise _unreachable("The upstream ended the stream before any event.") from None
+        except GatewayError as error:  # reported inside the stream, before anything was sent
+            raise AttemptFailed(
+                error,
+                retryable=error.status in RETRYABLE_STATUSES,
+                unhealthy=error.status >= 500,
+            ) from None
+        except EventTooLarge:
+            raise _bad_answer("The upstream sent an event larger than allowed.") from None
+        except TimeoutError:
+            raise AttemptFailed(
+                UpstreamTimeout("The upstream sent nothing in time."),
+                retryable=False,
+                unhealthy=True,
+            ) from None
+        except aiohttp.ClientError:
+            raise _unreachable("The upstream connection broke before the first event.") from None
+        return StreamAnswer(first, events, response)
 
 
-async def _error_from(response: aiohttp.ClientResponse) -> GatewayError:
+async def _openai_events(
+    events: AsyncIterator[bytes], translator: StreamTranslator | None
+) -> AsyncIterator[bytes]:
+    """OpenAI chunk events: translated, or checked for an error reported inside the stream
+    (vLLM sends `data: {"error": {..., "code": 400}}` in a 200 stream)."""
+    async for event in events:
+        if translator is not None:
+            for translated in translator.feed(event):
+                yield translated
+            continue
+        if b'"error"' in event:
+            _raise_in_stream_error(event)
+        yield event
+
+
+def _raise_in_stream_error(event: bytes) -> None:
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            chunk = from_json(line[5:])
+        except ValueError:
+            return
+        error = chunk.get("error") if isinstance(chunk, dict) else None
+        if not isinstance(error, dict):
+            return
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 503
+        message = error.get("message")
+        raise from_upstream(
+            status, str(message)[:_MAX_UPSTREAM_MESSAGE] if message is not None else None
+        )
+
+
+async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
     status = response.status
-    if status in (401, 403):
-        return UpstreamUnavailable(
-            "The upstream refused the gateway's own credentials; "
-            "the gateway operator must fix the upstream API key.",
-            code="upstream_auth_failed",
-        )
-    if status == 429:
-        retry_after = response.headers.get("Retry-After")
-        return RateLimited(
-            "The upstream is rate limiting this model; retry later.",
-            code="upstream_rate_limited",
-            headers={"Retry-After": retry_after} if retry_after else None,
-        )
-    if status == 504:
-        return UpstreamTimeout("The upstream timed out.")
-    if status in (400, 404, 422):
-        message, param, code = await _upstream_error_fields(response)
-        error_class = ModelNotFound if status == 404 else InvalidRequest
-        return error_class(
-            message or f"The upstream rejected the request (HTTP {status}).",
-            param=param,
-            code=code,
-        )
-    return UpstreamUnavailable(f"The upstream failed (HTTP {status}).")
+    message, param, code = await _upstream_error_fields(response)
+    retry_after = response.headers.get("Retry-After")
+    error = from_upstream(status, message, param=param, code=code, retry_after=retry_after)
+    return AttemptFailed(
+        error,
+        retryable=status in RETRYABLE_STATUSES,
+        unhealthy=status >= 500,
+        retry_after_s=parse_retry_after(retry_after),
+    )
+
+
+def _unreachable(message: str) -> AttemptFailed:
+    return AttemptFailed(UpstreamUnavailable(message), retryable=True, unhealthy=True)
+
+
+def _bad_answer(message: str) -> AttemptFailed:
+    return AttemptFailed(UpstreamUnavailable(message), retryable=False, unhealthy=True)
 
 
 async def _upstream_error_fields(
     response: aiohttp.ClientResponse,
 ) -> tuple[str | None, str | None, str | None]:
-    """message, param and code of an OpenAI-shaped upstream error, when it has one."""
+    """message, param and code of an OpenAI- or Anthropic-shaped upstream error."""
     try:
         raw = await response.content.read(_MAX_ERROR_BODY)
         parsed = from_json(raw)

@@ -107,7 +107,7 @@ async def test_every_response_of_a_limited_team_has_openai_headers(
     start_limited: Any, upstream: RunningUpstream
 ) -> None:
     gateway = await start_limited({"requests_per_minute": 100, "tokens_per_minute": 100_000})
-    upstream.state.script.append(Behavior(status=503))
+    upstream.state.script.append(Behavior(status=500))  # not retried: the client gets 503
 
     for expected_status in (503, 200):
         status, headers, _ = await call(gateway)

@@ -86,11 +86,11 @@ async def test_upstream_cut_mid_stream_ends_with_error_event_and_no_done(
     assert len(upstream.state.requests) == 1  # a started stream is never retried
 
 
-async def test_idle_upstream_stream_times_out_with_error_event(
+async def test_stream_silent_before_its_first_event_is_a_504(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
     raw = config_dict(upstream.url)
-    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "read": 0.3, "total": 30}
+    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "first_byte": 5, "idle": 0.3, "total": 30}
     gateway = await start_gateway(raw)
     upstream.state.script.append(Behavior(delay=1.0))
 
@@ -101,13 +101,34 @@ async def test_idle_upstream_stream_times_out_with_error_event(
             f"{gateway.url}/v1/chat/completions", json=chat_body(stream=True), headers=auth()
         ) as resp,
     ):
-        received = events(await resp.read())
-    elapsed = time.perf_counter() - started
+        body = await resp.json()
 
-    # Headers came at once; the first event never did within the idle bound.
+    assert resp.status == 504
+    assert body["error"]["code"] == "upstream_timeout"
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_stream_that_stalls_mid_way_ends_with_a_timeout_event(
+    start_gateway: StartGateway, upstream: RunningUpstream
+) -> None:
+    raw = config_dict(upstream.url)
+    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "first_byte": 5, "idle": 0.3, "total": 30}
+    gateway = await start_gateway(raw)
+    upstream.state.script.append(Behavior(stall_after=2))
+
+    started = time.perf_counter()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/chat/completions", json=chat_body(stream=True), headers=auth()
+        ) as resp,
+    ):
+        received = events(await resp.read())
+
     assert resp.status == 200
+    assert len(received) == 4  # the role event, two words, the error
     assert json.loads(received[-1].removeprefix("data: "))["error"]["code"] == "upstream_timeout"
-    assert elapsed < 1.0
+    assert time.perf_counter() - started < 1.0
 
 
 async def test_request_id_is_propagated_and_returned(

@@ -42,27 +42,35 @@ def assert_openai_error(body: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("behavior", "status", "code"),
+    ("behavior", "status", "code", "attempts"),
     [
-        ("status=500", 503, "upstream_unavailable"),
-        ("status=502", 503, "upstream_unavailable"),
-        ("status=503", 503, "upstream_unavailable"),
-        ("status=504", 504, "upstream_timeout"),
-        ("status=429", 429, "upstream_rate_limited"),
-        ("status=401", 503, "upstream_auth_failed"),
-        ("status=403", 503, "upstream_auth_failed"),
-        ("reset", 503, "upstream_unavailable"),
+        ("status=500", 503, "upstream_unavailable", 1),
+        ("status=502", 503, "upstream_unavailable", 1),
+        ("status=503", 503, "upstream_unavailable", 3),
+        ("status=504", 504, "upstream_timeout", 3),
+        ("status=429", 429, "upstream_rate_limited", 3),
+        ("status=401", 503, "upstream_auth_failed", 1),
+        ("status=403", 503, "upstream_auth_failed", 1),
+        ("reset", 503, "upstream_unavailable", 3),
     ],
 )
 async def test_upstream_failure_maps_to_gateway_status(
-    gateway: RunningGateway, upstream: RunningUpstream, behavior: str, status: int, code: str
+    gateway: RunningGateway,
+    upstream: RunningUpstream,
+    behavior: str,
+    status: int,
+    code: str,
+    attempts: int,
 ) -> None:
-    upstream.state.script.append(Behavior.parse(behavior))
+    """Every attempt fails alike; 429, 503, 504 and resets are retried (3 attempts by
+    default), the others are not."""
+    upstream.state.default = Behavior.parse(behavior)
 
     got, _, body = await post(gateway, chat_body())
 
     assert got == status
     assert assert_openai_error(body)["code"] == code
+    assert len(upstream.state.requests) == attempts
 
 
 async def test_refused_upstream_credentials_are_a_503_naming_the_operator(
@@ -84,8 +92,11 @@ async def test_upstream_retry_after_is_passed_on_with_429(
 
     status, headers, _ = await post(gateway, chat_body())
 
+    # Seven seconds is longer than the gateway waits (retries.max_retry_after_s): the
+    # client is told when to come back instead.
     assert status == 429
     assert headers["Retry-After"] == "7"
+    assert len(upstream.state.requests) == 1
 
 
 @pytest.mark.parametrize(("upstream_status", "status"), [(400, 400), (404, 404), (422, 400)])
@@ -114,7 +125,7 @@ async def test_hung_upstream_is_504_within_the_read_timeout(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
     raw = config_dict(upstream.url)
-    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "read": 0.5, "total": 10}
+    raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "first_byte": 0.5, "idle": 5, "total": 10}
     gateway = await start_gateway(raw)
     upstream.state.script.append(Behavior(hang=True))
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.dialects import DIALECTS
+from gateway.dialects.base import Fate, refuse_or_drop
 from gateway.errors import InvalidRequest
 from gateway.stages.validate import parse_chat_request
 
@@ -103,16 +104,86 @@ def test_openai_keeps_the_clients_schema_name_and_strictness() -> None:
         ({"safety_model": "meta-llama/Llama-Guard-4-12B"}, "safety_model"),
         ({"compliance": "hipaa"}, "compliance"),
         ({"reasoning": {"enabled": True}}, "reasoning"),
-        ({"context_length_exceeded_behavior": "truncate"}, "context_length_exceeded_behavior"),
-        ({"response_format": {"type": "regex", "pattern": "a+"}}, "response_format.pattern"),
     ],
 )
 def test_openai_refuses_what_it_cannot_honour_naming_param_and_model(
     params: dict[str, Any], param: str
 ) -> None:
+    request = parse_chat_request(json.dumps({"model": "m", "messages": USER, **params}).encode())
+    unsupported = frozenset(
+        name for name, fate in DIALECTS["openai"].fates.items() if fate is Fate.UNSUPPORTED
+    )
+
     with pytest.raises(InvalidRequest) as refused:
-        build("openai", **params)
+        refuse_or_drop(request, unsupported, frozenset(), "public", "openai")
+    kept, dropped = refuse_or_drop(request, unsupported, frozenset({param}), "public", "openai")
 
     assert refused.value.param == param
     assert refused.value.code == "unsupported_parameter"
     assert "'public'" in refused.value.message
+    assert dropped == [param] and getattr(kept, param) is None
+
+
+@pytest.mark.parametrize(
+    ("dialect", "params", "param"),
+    [
+        (
+            "openai",
+            {"response_format": {"type": "regex", "pattern": "a+"}},
+            "response_format.pattern",
+        ),
+        (
+            "openai",
+            {"context_length_exceeded_behavior": "truncate"},
+            "context_length_exceeded_behavior",
+        ),
+        (
+            "vllm",
+            {"context_length_exceeded_behavior": "truncate"},
+            "context_length_exceeded_behavior",
+        ),
+    ],
+)
+def test_values_a_dialect_cannot_honour_are_refused(
+    dialect: str, params: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        build(dialect, **params)
+
+    assert refused.value.param == param
+    assert refused.value.code == "unsupported_parameter"
+
+
+def test_vllm_passes_its_extras_and_maps_structured_outputs_and_reasoning() -> None:
+    body = build(
+        "vllm",
+        top_k=4,
+        min_p=0.1,
+        repetition_penalty=1.1,
+        echo=True,
+        logprobs=2,
+        reasoning={"enabled": False},
+        response_format={"type": "regex", "pattern": "[0-9]+"},
+    )
+
+    assert body == {
+        "model": "upstream-name",
+        "messages": USER,
+        "top_k": 4,
+        "min_p": 0.1,
+        "repetition_penalty": 1.1,
+        "echo": True,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "chat_template_kwargs": {"enable_thinking": False},
+        "structured_outputs": {"regex": "[0-9]+"},
+    }
+
+
+def test_vllm_takes_json_schema_in_openai_form() -> None:
+    body = build("vllm", response_format={"type": "json_schema", "schema": {"type": "object"}})
+
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": {"type": "object"}},
+    }

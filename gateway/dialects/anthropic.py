@@ -1,0 +1,469 @@
+"""The `anthropic` dialect: Anthropic's Messages API (`POST /v1/messages`).
+
+Owns both directions of the translation. Requests: system messages move to the top-level
+`system`, tool results and tool calls become `tool_result`/`tool_use` blocks, images become
+`image` blocks, consecutive messages of one role are merged (Anthropic alternates roles),
+and `max_tokens`, which Anthropic requires, defaults to `DEFAULT_MAX_TOKENS`. Answers:
+a `message` becomes a `chat.completion`, and a stream of Anthropic events becomes OpenAI
+chunks, with the usage chunk built from Anthropic's own counts.
+
+What Anthropic cannot honour is refused with the parameter's path, never dropped: a lost
+penalty, seed or schema silently changes the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from gateway.contract import (
+    AssistantMessage,
+    AudioPart,
+    ChatCompletionRequest,
+    ImagePart,
+    Message,
+    SystemMessage,
+    TextPart,
+    ToolChoiceObject,
+    ToolMessage,
+    UserMessage,
+    VideoPart,
+)
+from gateway.dialects.base import Fate, unsupported
+from gateway.errors import GatewayError, InvalidRequest, from_upstream
+from gateway.upstream.sse import DONE_EVENT
+
+ANTHROPIC_VERSION = "2023-06-01"
+# Anthropic requires max_tokens; a client that sends none gets this many at most.
+DEFAULT_MAX_TOKENS = 4096
+
+_UNSUPPORTED = (
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logprobs",
+    "echo",
+    "logit_bias",
+    "response_format",
+    "safety_model",
+    "compliance",
+    "reasoning_effort",
+    "reasoning",
+)
+_IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+# Anthropic's stop reasons in OpenAI's finish_reason vocabulary; unknown ones are "stop".
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# HTTP status of each Anthropic error type, for errors reported inside a stream.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+_MAX_UPSTREAM_MESSAGE = 1000
+
+
+class AnthropicDialect:
+    name = "anthropic"
+    path = "/messages"
+    fates = {
+        "model": Fate.PASS,
+        "temperature": Fate.PASS,  # the contract's 0-1 is Anthropic's range
+        "top_p": Fate.PASS,
+        "top_k": Fate.PASS,
+        "stream": Fate.PASS,
+        "messages": Fate.TRANSLATE,  # system on top, tool blocks, image blocks
+        "max_tokens": Fate.TRANSLATE,  # required upstream: DEFAULT_MAX_TOKENS when absent
+        "stop": Fate.TRANSLATE,  # stop_sequences
+        "tools": Fate.TRANSLATE,  # name, description, input_schema
+        "tool_choice": Fate.TRANSLATE,  # {"type": auto | none | any | tool}
+        "parallel_tool_calls": Fate.TRANSLATE,  # false: tool_choice.disable_parallel_tool_use
+        "user": Fate.TRANSLATE,  # metadata.user_id
+        "stream_options": Fate.TRANSLATE,  # the usage chunk is built from Anthropic's usage
+        "n": Fate.TRANSLATE,  # only 1
+        "context_length_exceeded_behavior": Fate.TRANSLATE,  # "error" is Anthropic's way
+    } | dict.fromkeys(_UNSUPPORTED, Fate.UNSUPPORTED)
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def build_body(
+        self, request: ChatCompletionRequest, upstream_model: str, public_model: str
+    ) -> dict[str, Any]:
+        # The body is built field by field, so a parameter left over by a caller that
+        # skipped refuse_or_drop would vanish without a word: refuse it here as well.
+        for param in _UNSUPPORTED:
+            if getattr(request, param) is not None:
+                raise unsupported(param, public_model, self.name)
+        if request.n not in (None, 1):
+            raise unsupported("n", public_model, self.name)
+        if request.context_length_exceeded_behavior == "truncate":
+            raise unsupported("context_length_exceeded_behavior", public_model, self.name)
+
+        system, messages = _messages(request.messages, public_model, self.name)
+        body: dict[str, Any] = {
+            "model": upstream_model,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        if system is not None:
+            body["system"] = system
+        body["messages"] = messages
+        for param in ("temperature", "top_p", "top_k", "stream"):
+            value = getattr(request, param)
+            if value is not None:
+                body[param] = value
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if request.user is not None:
+            body["metadata"] = {"user_id": request.user}
+        if request.tools:
+            body["tools"] = _tools(request, public_model, self.name)
+            tool_choice = _tool_choice(request)
+            if tool_choice is not None:
+                body["tool_choice"] = tool_choice
+        return body
+
+    def translate_response(self, body: dict[str, Any], public_model: str) -> dict[str, Any]:
+        texts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for block in body.get("content") or ():
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block["text"])
+            elif kind == "tool_use":
+                arguments = to_json(block.get("input") or {}).decode()
+                tool_calls.append(
+                    {
+                        "id": block["id"],
+                        "type": "function",
+                        "function": {"name": block["name"], "arguments": arguments},
+                    }
+                )
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(texts) if texts else None,
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        usage = body.get("usage") or {}
+        prompt_tokens = _prompt_tokens(usage)
+        completion_tokens = int(usage.get("output_tokens") or 0)
+        return {
+            "id": body.get("id"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or public_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": _FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def stream_translator(self, include_usage: bool) -> AnthropicStreamTranslator:
+        return AnthropicStreamTranslator(include_usage)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _messages(
+    messages: Sequence[Message], public_model: str, dialect: str
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The top-level system prompt and the alternating user/assistant turns."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        if isinstance(message, SystemMessage):
+            # Anthropic has one system prompt, at the top: every system text is a paragraph.
+            system.extend(_texts(message.content))
+            continue
+        role = "assistant" if isinstance(message, AssistantMessage) else "user"
+        if isinstance(message, UserMessage):
+            blocks = _user_blocks(message, i, public_model, dialect)
+        elif isinstance(message, AssistantMessage):
+            blocks = _assistant_blocks(message, i)
+        else:
+            blocks = [_tool_result(message)]
+        # Anthropic alternates roles; the client's consecutive messages are one turn.
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        content = turn["content"]
+        if len(content) == 1 and content[0]["type"] == "text":
+            turn["content"] = content[0]["text"]
+    return ("\n\n".join(system) if system else None), turns
+
+
+def _texts(content: str | list[TextPart]) -> list[str]:
+    return [content] if isinstance(content, str) else [part.text for part in content]
+
+
+def _text_blocks(content: str | list[TextPart] | None) -> list[dict[str, Any]]:
+    # Anthropic refuses empty text blocks; an empty string says nothing anyway.
+    if content is None:
+        return []
+    return [{"type": "text", "text": text} for text in _texts(content) if text]
+
+
+def _user_blocks(
+    message: UserMessage, i: int, public_model: str, dialect: str
+) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"type": "text", "text": message.content}]
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(message.content):
+        if isinstance(part, TextPart):
+            blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            # `detail` has no Anthropic counterpart: it tunes cost, not the answer.
+            blocks.append(_image(part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
+        elif isinstance(part, VideoPart | AudioPart):
+            raise unsupported(f"messages[{i}].content[{j}]", public_model, dialect)
+    return blocks
+
+
+def _image(url: str, param: str) -> dict[str, Any]:
+    if not url.startswith("data:"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    header, comma, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64" or media_type not in _IMAGE_MEDIA_TYPES:
+        raise InvalidRequest(
+            f"'{param}': Anthropic takes inline images only as base64 data URLs of type "
+            "image/jpeg, image/png, image/gif or image/webp.",
+            param=param,
+        )
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _assistant_blocks(message: AssistantMessage, i: int) -> list[dict[str, Any]]:
+    blocks = _text_blocks(message.content)
+    for j, call in enumerate(message.tool_calls or ()):
+        param = f"messages[{i}].tool_calls[{j}].function.arguments"
+        arguments = call.function.arguments
+        try:
+            # A function without parameters may come back with "" as its arguments.
+            tool_input = from_json(arguments) if arguments.strip() else {}
+        except ValueError:
+            tool_input = None
+        if not isinstance(tool_input, dict):
+            raise InvalidRequest(f"'{param}' must be a JSON object.", param=param)
+        blocks.append(
+            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": tool_input}
+        )
+    return blocks
+
+
+def _tool_result(message: ToolMessage) -> dict[str, Any]:
+    content: str | list[dict[str, Any]] = (
+        message.content if isinstance(message.content, str) else _text_blocks(message.content)
+    )
+    return {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": content}
+
+
+def _tools(request: ChatCompletionRequest, public_model: str, dialect: str) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    for k, tool in enumerate(request.tools or ()):
+        function = tool.function
+        if function.strict:
+            # Guaranteed schema adherence is not something Anthropic's tools promise.
+            raise unsupported(f"tools[{k}].function.strict", public_model, dialect)
+        definition: dict[str, Any] = {"name": function.name}
+        if function.description is not None:
+            definition["description"] = function.description
+        definition["input_schema"] = function.parameters or {"type": "object", "properties": {}}
+        tools.append(definition)
+    return tools
+
+
+def _tool_choice(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    choice = request.tool_choice
+    if isinstance(choice, ToolChoiceObject):
+        translated: dict[str, Any] = {"type": "tool", "name": choice.function.name}
+    elif choice == "required":
+        translated = {"type": "any"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif choice == "auto" or request.parallel_tool_calls is False:
+        translated = {"type": "auto"}
+    else:
+        return None
+    if request.parallel_tool_calls is False:
+        translated["disable_parallel_tool_use"] = True
+    return translated
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _prompt_tokens(usage: dict[str, Any]) -> int:
+    # Anthropic counts cached prompt tokens apart; OpenAI's prompt_tokens includes them.
+    return sum(
+        int(usage.get(key) or 0)
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The payload of an event's `data:` line (Anthropic sends one per event)."""
+    if event.startswith(b"data:"):
+        start = 5
+    else:
+        at = event.find(b"\ndata:")
+        if at < 0:
+            return None
+        start = at + 6
+    end = event.find(b"\n", start)
+    return event[start:end] if end >= 0 else event[start:]
+
+
+class AnthropicStreamTranslator:
+    """Anthropic stream events in, OpenAI chunk events out, for one stream.
+
+    Every chunk shares one prefix (id, created, model), serialized once at message_start;
+    each event then costs one small JSON encoding of its delta.
+    """
+
+    __slots__ = (
+        "_args_sent",
+        "_base",
+        "_completion_tokens",
+        "_head",
+        "_include_usage",
+        "_prompt_tokens",
+        "_tool_index",
+        "_tool_indexes",
+    )
+
+    def __init__(self, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        # Anthropic block index -> OpenAI tool_calls index, for tool_use blocks.
+        self._tool_indexes: dict[int, int] = {}
+        self._tool_index = -1
+        self._args_sent = False
+        self._start({})
+
+    def _start(self, message: dict[str, Any]) -> None:
+        self._base = (
+            b'data: {"id":'
+            + to_json(message.get("id") or "")
+            + b',"object":"chat.completion.chunk","created":'
+            + str(int(time.time())).encode()
+            + b',"model":'
+            + to_json(message.get("model") or "")
+            + b',"choices":'
+        )
+        self._head = self._base + b'[{"index":0,"delta":'
+
+    def _chunk(self, delta: dict[str, Any]) -> bytes:
+        return self._head + to_json(delta) + b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = _data_of(event)
+        if data is None:
+            return []
+        payload = from_json(data)
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            delta = payload["delta"]
+            if delta.get("type") == "text_delta":
+                return [self._chunk({"content": delta["text"]})] if delta["text"] else []
+            if delta.get("type") == "input_json_delta" and delta["partial_json"]:
+                self._args_sent = True
+                return [self._arguments(payload["index"], delta["partial_json"])]
+            return []  # thinking and signature deltas: the gateway never asks for them
+        if kind == "content_block_start":
+            return self._block_start(payload["index"], payload["content_block"])
+        if kind == "content_block_stop":
+            if payload["index"] in self._tool_indexes and not self._args_sent:
+                # A call without input streams no JSON; the client still needs an object.
+                return [self._arguments(payload["index"], "{}")]
+            return []
+        if kind == "message_start":
+            message = payload["message"]
+            self._start(message)
+            self._prompt_tokens = _prompt_tokens(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "message_delta":
+            usage = payload.get("usage") or {}
+            self._completion_tokens = int(usage.get("output_tokens") or 0)
+            if usage.get("input_tokens") is not None:
+                self._prompt_tokens = _prompt_tokens(usage)
+            reason = _FINISH_REASONS.get(payload["delta"].get("stop_reason") or "", "stop")
+            return [
+                self._head + b'{},"logprobs":null,"finish_reason":' + to_json(reason) + b"}]}\n\n"
+            ]
+        if kind == "message_stop":
+            return [self._usage_chunk(), DONE_EVENT] if self._include_usage else [DONE_EVENT]
+        if kind == "error":
+            raise _stream_error(payload.get("error") or {})
+        return []  # ping, and event types Anthropic may add later
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[bytes]:
+        if block.get("type") == "text":
+            return [self._chunk({"content": block["text"]})] if block.get("text") else []
+        if block.get("type") != "tool_use":
+            return []
+        self._tool_index += 1
+        self._tool_indexes[index] = self._tool_index
+        self._args_sent = False
+        call = {
+            "index": self._tool_index,
+            "id": block["id"],
+            "type": "function",
+            "function": {"name": block["name"], "arguments": ""},
+        }
+        return [self._chunk({"tool_calls": [call]})]
+
+    def _arguments(self, block_index: int, fragment: str) -> bytes:
+        call = {"index": self._tool_indexes[block_index], "function": {"arguments": fragment}}
+        return self._chunk({"tool_calls": [call]})
+
+    def _usage_chunk(self) -> bytes:
+        usage = {
+            "prompt_tokens": self._prompt_tokens,
+            "completion_tokens": self._completion_tokens,
+            "total_tokens": self._prompt_tokens + self._completion_tokens,
+        }
+        return self._base + b'[],"usage":' + to_json(usage) + b"}\n\n"
+
+
+def _stream_error(error: dict[str, Any]) -> GatewayError:
+    status = _ERROR_STATUS.get(str(error.get("type")), 500)
+    message = error.get("message")
+    return from_upstream(status, str(message)[:_MAX_UPSTREAM_MESSAGE] if message else None)

@@ -1,0 +1,32 @@
+"""Choosing an upstream for one attempt: by weight among the healthy ones not yet tried by
+this request, preferring the less loaded of two random picks (the power of two choices:
+nearly the balance of least-outstanding, without a scan or shared ordering)."""
+
+from __future__ import annotations
+
+import random
+
+from gateway.stages.route import Route, UpstreamTarget
+from gateway.upstream.health import HealthBook
+
+
+class Balancer:
+    def __init__(self, health: HealthBook, rng: random.Random | None = None) -> None:
+        self._health = health
+        self._rng = rng or random.Random()  # noqa: S311 (load spreading, not secrecy)
+
+    def pick(self, route: Route, tried: set[str]) -> UpstreamTarget:
+        targets = route.targets
+        if len(targets) == 1:
+            return targets[0]
+        fresh = [t for t in targets if t.upstream_name not in tried] or list(targets)
+        healthy = [t for t in fresh if self._health.available(t.upstream_name)]
+        # Every candidate ejected (the health book avoids it, but cool-downs can overlap):
+        # use them anyway rather than fail the request.
+        candidates = healthy or fresh
+        if len(candidates) == 1:
+            return candidates[0]
+        first, second = self._rng.choices(candidates, weights=[t.weight for t in candidates], k=2)
+        state = self._health.state
+        # On a tie (idle upstreams) the first, drawn by weight, wins: the weights hold.
+        return min((first, second), key=lambda t: state[t.upstream_name].outstanding / t.weight)

@@ -1,0 +1,147 @@
+"""The upstream stage: pick an upstream, call it, and on a retryable failure try another,
+within the request's attempt limit and the gateway's retry budget, with jittered backoff
+that honours the upstream's Retry-After. Every attempt's outcome feeds passive health.
+
+Only failures before anything reached the client are retried: a whole answer not yet
+read, or a stream before its first event. When every attempt failed, the client gets the
+last failure (503, or 504 after a timeout), whose message names no upstream secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from gateway.config import RetryConfig
+from gateway.context import RequestContext
+from gateway.observability.metrics import GatewayMetrics
+from gateway.stages.route import Route, UpstreamTarget
+from gateway.stages.translate import Translation
+from gateway.upstream.balance import Balancer
+from gateway.upstream.client import AttemptFailed, JsonAnswer, StreamAnswer, UpstreamClient
+from gateway.upstream.health import HealthBook
+from gateway.upstream.retry import RetryBudget, backoff_s
+
+
+class UpstreamCaller:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        health: HealthBook,
+        config: RetryConfig,
+        metrics: GatewayMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._health = health
+        self._config = config
+        self._metrics = metrics
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrecy)
+        self._balancer = Balancer(health, self._rng)
+        self.budget = RetryBudget(config)
+
+    @property
+    def ready(self) -> bool:
+        return self._client.ready
+
+    async def call(
+        self, route: Route, translation: Translation, stream: bool, ctx: RequestContext
+    ) -> JsonAnswer | StreamAnswer:
+        self.budget.active_calls += 1
+        try:
+            answer = await self._attempts(route, translation, stream, ctx)
+        except BaseException:
+            self.budget.active_calls -= 1
+            raise
+        if isinstance(answer, StreamAnswer):
+            answer.on_close.append(self._call_ended)
+        else:
+            self.budget.active_calls -= 1
+        return answer
+
+    def _call_ended(self) -> None:
+        self.budget.active_calls -= 1
+
+    async def _attempts(
+        self, route: Route, translation: Translation, stream: bool, ctx: RequestContext
+    ) -> JsonAnswer | StreamAnswer:
+        tried: set[str] = set()
+        failure: AttemptFailed | None = None
+        for attempt in range(1, self._config.max_attempts + 1):
+            retrying = failure is not None
+            if failure is not None:
+                if not self._may_retry(failure, route, ctx):
+                    break
+                wait = backoff_s(attempt - 1, self._config, self._rng, failure.retry_after_s)
+                await asyncio.sleep(wait)
+            target = self._balancer.pick(route, tried)
+            tried.add(target.upstream_name)
+            ctx.upstream, ctx.attempts = target.upstream_name, attempt
+            try:
+                answer = await self._attempt(target, route, translation, stream, ctx)
+            except AttemptFailed as failed:
+                failure = failed
+                if failed.unhealthy and self._health.record_failure(target.upstream_name):
+                    self._metrics.ejections.labels(upstream=target.upstream_name).inc()
+                continue
+            finally:
+                if retrying:
+                    self.budget.release()
+            self._health.record_success(target.upstream_name)
+            return answer
+        assert failure is not None
+        raise failure.error
+
+    def _may_retry(self, failure: AttemptFailed, route: Route, ctx: RequestContext) -> bool:
+        if not failure.retryable:
+            return False
+        if (
+            failure.retry_after_s is not None
+            and failure.retry_after_s > self._config.max_retry_after_s
+        ):
+            return False  # the client is better told to come back later
+        if not self.budget.try_acquire():
+            self._metrics.retries_refused.labels(model=route.model).inc()
+            return False
+        self._metrics.retries.labels(
+            model=route.model, upstream=ctx.upstream or "", reason=_reason(failure)
+        ).inc()
+        return True
+
+    async def _attempt(
+        self,
+        target: UpstreamTarget,
+        route: Route,
+        translation: Translation,
+        stream: bool,
+        ctx: RequestContext,
+    ) -> JsonAnswer | StreamAnswer:
+        translator = target.dialect.stream_translator(include_usage=True) if stream else None
+        state = self._health.state[target.upstream_name]
+        state.outstanding += 1
+        try:
+            answer = await self._client.attempt(
+                target,
+                translation.body_for(target),
+                ctx.request_id,
+                route.model,
+                translator,
+                stream,
+            )
+        except BaseException:
+            state.outstanding -= 1
+            raise
+        if isinstance(answer, StreamAnswer):
+            answer.on_close.append(state.ended)
+        else:
+            state.outstanding -= 1
+        return answer
+
+
+def _reason(failure: AttemptFailed) -> str:
+    status = failure.error.status
+    if status == 429:
+        return "rate_limited"
+    if status == 504:
+        return "timeout"
+    return "unavailable"

@@ -1,0 +1,96 @@
+"""Passive health of upstreams, judged from real traffic (no probes of our own).
+
+An upstream that fails `consecutive_failures` times in a row (connection error, 5xx,
+timeout) is ejected: no new requests for a cool-down that doubles with each ejection up to
+`max_ejection_s`. When the cool-down ends it is on probation: real traffic reaches it
+again, the first success restores it, the first failure ejects it again at once. An
+upstream is never ejected when that would leave one of its models without any upstream:
+a degraded answer beats no answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from gateway.config import HealthConfig
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    outstanding: int = 0  # requests in flight to it, from this process
+    consecutive_failures: int = 0
+    ejections: int = 0  # in a row; resets after a success off probation
+    ejected_until: float = 0.0
+    on_probation: bool = False
+
+    def ended(self) -> None:
+        """One request to it finished (a stream's end comes long after its attempt)."""
+        self.outstanding -= 1
+
+
+class HealthBook:
+    def __init__(
+        self,
+        config: HealthConfig,
+        upstreams_of_model: Mapping[str, list[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._upstreams_of_model = upstreams_of_model
+        self._models_of: dict[str, list[str]] = {}
+        for model, upstreams in upstreams_of_model.items():
+            for name in upstreams:
+                self._models_of.setdefault(name, []).append(model)
+        self.state = {name: UpstreamHealth() for name in self._models_of}
+
+    def available(self, name: str) -> bool:
+        return self._clock() >= self.state[name].ejected_until
+
+    def record_success(self, name: str) -> None:
+        health = self.state[name]
+        health.consecutive_failures = 0
+        if health.on_probation and self.available(name):
+            health.on_probation = False
+            health.ejections = 0
+
+    def record_failure(self, name: str) -> bool:
+        """Counts a failure; True when it ejected the upstream."""
+        health = self.state[name]
+        health.consecutive_failures += 1
+        probe_failed = health.on_probation and self.available(name)
+        if health.consecutive_failures < self._config.consecutive_failures and not probe_failed:
+            return False
+        if self._last_standing(name):
+            return False
+        health.ejections += 1
+        cool_down = self._config.base_ejection_s * 2 ** (health.ejections - 1)
+        health.ejected_until = self._clock() + min(cool_down, self._config.max_ejection_s)
+        health.on_probation = True
+        health.consecutive_failures = 0
+        return True
+
+    def _last_standing(self, name: str) -> bool:
+        return any(
+            not any(
+                other != name and self.available(other) for other in self._upstreams_of_model[m]
+            )
+            for m in self._models_of[name]
+        )
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        now = self._clock()
+        return {
+            name: {
+                "state": "ejected"
+                if now < h.ejected_until
+                else ("probation" if h.on_probation else "healthy"),
+                "outstanding": h.outstanding,
+                "consecutive_failures": h.consecutive_failures,
+                "ejections": h.ejections,
+                "ejected_for_s": round(max(0.0, h.ejected_until - now), 3),
+            }
+            for name, h in self.state.items()
+        }
