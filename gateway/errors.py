@@ -135,7 +135,9 @@ def from_upstream(
         )
     if status == 504:
         return UpstreamTimeout("The upstream timed out.")
-    if status in (400, 404, 413, 422):
+    if status == 413:
+        return PayloadTooLarge(message or "The upstream found the request too large.")
+    if status in (400, 404, 422):
         error_class = ModelNotFound if status == 404 else InvalidRequest
         return error_class(
             message or f"The upstream rejected the request (HTTP {status}).",

@@ -33,7 +33,7 @@ from gateway.contract import (
     VideoPart,
 )
 from gateway.dialects.base import Fate, unsupported
-from gateway.errors import GatewayError, InvalidRequest, from_upstream
+from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, from_upstream
 from gateway.upstream.sse import DONE_EVENT
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -80,6 +80,8 @@ _ERROR_STATUS = {
     "overloaded_error": 529,
 }
 _MAX_UPSTREAM_MESSAGE = 1000
+# What reading an answer of the wrong shape raises: the upstream's fault, not the gateway's.
+_UNREADABLE = (LookupError, TypeError, AttributeError, ValueError)
 
 
 class AnthropicDialect:
@@ -146,49 +148,12 @@ class AnthropicDialect:
         return body
 
     def translate_response(self, body: dict[str, Any], public_model: str) -> dict[str, Any]:
-        texts: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
-        for block in body.get("content") or ():
-            kind = block.get("type")
-            if kind == "text":
-                texts.append(block["text"])
-            elif kind == "tool_use":
-                arguments = to_json(block.get("input") or {}).decode()
-                tool_calls.append(
-                    {
-                        "id": block["id"],
-                        "type": "function",
-                        "function": {"name": block["name"], "arguments": arguments},
-                    }
-                )
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(texts) if texts else None,
-        }
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        usage = body.get("usage") or {}
-        prompt_tokens = _prompt_tokens(usage)
-        completion_tokens = int(usage.get("output_tokens") or 0)
-        return {
-            "id": body.get("id"),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or public_model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": _FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+        try:
+            return _completion(body, public_model)
+        except _UNREADABLE:
+            raise UpstreamUnavailable(
+                "The upstream sent an answer the gateway cannot read."
+            ) from None
 
     def stream_translator(self, include_usage: bool) -> AnthropicStreamTranslator:
         return AnthropicStreamTranslator(include_usage)
@@ -208,6 +173,7 @@ def _messages(
             # Anthropic has one system prompt, at the top: every system text is a paragraph.
             system.extend(_texts(message.content))
             continue
+        # A message's `name` has no Anthropic counterpart, nor has an echoed `refusal`.
         role = "assistant" if isinstance(message, AssistantMessage) else "user"
         if isinstance(message, UserMessage):
             blocks = _user_blocks(message, i, public_model, dialect)
@@ -329,6 +295,52 @@ def _tool_choice(request: ChatCompletionRequest) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- answers
 
 
+def _completion(body: dict[str, Any], public_model: str) -> dict[str, Any]:
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in body.get("content") or ():
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            arguments = to_json(block.get("input") or {}).decode()
+            tool_calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": arguments},
+                }
+            )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts else None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    usage = body.get("usage") or {}
+    prompt_tokens = _prompt_tokens(usage)
+    completion_tokens = int(usage.get("output_tokens") or 0)
+    return {
+        "id": body.get("id"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or public_model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": _FINISH_REASONS.get(body.get("stop_reason") or "", "stop"),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 def _prompt_tokens(usage: dict[str, Any]) -> int:
     # Anthropic counts cached prompt tokens apart; OpenAI's prompt_tokens includes them.
     return sum(
@@ -394,6 +406,14 @@ class AnthropicStreamTranslator:
         return self._head + to_json(delta) + b',"logprobs":null,"finish_reason":null}]}\n\n'
 
     def feed(self, event: bytes) -> list[bytes]:
+        try:
+            return self._translate(event)
+        except _UNREADABLE:
+            raise UpstreamUnavailable(
+                "The upstream sent a stream event the gateway cannot read."
+            ) from None
+
+    def _translate(self, event: bytes) -> list[bytes]:
         data = _data_of(event)
         if data is None:
             return []

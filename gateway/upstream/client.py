@@ -178,7 +178,10 @@ class UpstreamClient:
             raise _bad_answer("The upstream sent an answer that is not JSON.") from None
         if not isinstance(parsed, dict):
             raise _bad_answer("The upstream sent an answer that is not a JSON object.")
-        translated = target.dialect.translate_response(parsed, public_model)
+        try:
+            translated = target.dialect.translate_response(parsed, public_model)
+        except GatewayError as error:  # an answer the dialect cannot read
+            raise AttemptFailed(error, retryable=False, unhealthy=True) from None
         if translated is not None:
             return JsonAnswer(to_json(translated), usage_of(translated))
         return JsonAnswer(bytes(body), usage_of(parsed))

@@ -148,6 +148,25 @@ async def test_unsupported_parameter_is_refused_before_the_upstream(
     assert upstream.state.requests == []
 
 
+async def test_a_droppable_parameter_is_dropped_and_the_response_says_so(
+    start_gateway: StartGateway, upstream: RunningUpstream
+) -> None:
+    raw = anthropic_config(upstream.url)
+    raw["models"][CLAUDE]["drop_params"] = ["seed", "presence_penalty"]
+    gateway = await start_gateway(raw)
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
+    try:
+        raw_response = await client.chat.completions.with_raw_response.create(
+            model=CLAUDE, messages=[{"role": "user", "content": "hi"}], seed=7
+        )
+    finally:
+        await client.close()
+
+    assert raw_response.headers["x-gateway-dropped-params"] == "seed"
+    assert raw_response.parse().choices[0].message.content == "echo: hi"
+    assert "seed" not in upstream.state.requests[-1].body
+
+
 async def test_overloaded_upstream_is_a_503(
     sdk: openai.AsyncOpenAI, upstream: RunningUpstream
 ) -> None:

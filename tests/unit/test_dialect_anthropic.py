@@ -21,6 +21,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    PayloadTooLarge,
     RateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -124,6 +125,12 @@ def test_golden_anthropic_stream_becomes_the_exact_openai_chunks(
     assert without_created(chunks) == expected.read_bytes()
 
 
+def test_every_golden_folder_holds_cases() -> None:
+    assert golden("requests", "*.json")
+    assert golden("responses", "*.json")
+    assert STREAM_CASES
+
+
 def test_a_whole_stream_has_one_id_and_one_created() -> None:
     events = events_of((GOLDEN / "streams" / "tool_use.anthropic.sse").read_bytes())
     chunks = [json.loads(line[6:]) for line in events_of(translate_stream(events, True))[:-1]]
@@ -160,7 +167,9 @@ def test_the_refusal_table_covers_every_unsupported_parameter() -> None:
     assert set(UNSUPPORTED_VALUES) == unsupported_params()
 
 
-@pytest.mark.parametrize(("param", "value"), UNSUPPORTED_VALUES.items())
+@pytest.mark.parametrize(
+    ("param", "value"), UNSUPPORTED_VALUES.items(), ids=list(UNSUPPORTED_VALUES)
+)
 def test_unsupported_parameter_is_a_400_naming_it_and_the_model(param: str, value: Any) -> None:
     request = parse(**{param: value})
 
@@ -174,7 +183,9 @@ def test_unsupported_parameter_is_a_400_naming_it_and_the_model(param: str, valu
     assert f"'{PUBLIC}'" in refused.value.message
 
 
-@pytest.mark.parametrize(("param", "value"), UNSUPPORTED_VALUES.items())
+@pytest.mark.parametrize(
+    ("param", "value"), UNSUPPORTED_VALUES.items(), ids=list(UNSUPPORTED_VALUES)
+)
 def test_droppable_parameter_is_dropped_and_named(param: str, value: Any) -> None:
     request, dropped = refuse_or_drop(
         parse(**{param: value}), unsupported_params(), frozenset({param}), PUBLIC, DIALECT.name
@@ -188,7 +199,9 @@ def test_droppable_parameter_is_dropped_and_named(param: str, value: Any) -> Non
     }
 
 
-@pytest.mark.parametrize(("param", "value"), UNSUPPORTED_VALUES.items())
+@pytest.mark.parametrize(
+    ("param", "value"), UNSUPPORTED_VALUES.items(), ids=list(UNSUPPORTED_VALUES)
+)
 def test_build_body_refuses_an_unsupported_parameter_left_in_the_request(
     param: str, value: Any
 ) -> None:
@@ -261,16 +274,13 @@ def test_data_url_anthropic_cannot_take_is_refused_with_its_path(url: str) -> No
 
 @pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '"text"'])
 def test_tool_call_arguments_must_be_a_json_object(arguments: str) -> None:
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    def call(call_id: str, arguments: str) -> dict[str, Any]:
+        function = {"name": "f", "arguments": arguments}
+        return {"id": call_id, "type": "function", "function": function}
+
     messages = [
         {"role": "user", "content": "go"},
-        {
-            "role": "assistant",
-            "tool_calls": [
-                {**call, "id": "c0", "function": {**call["function"], "arguments": "{}"}},
-                call,
-            ],
-        },
+        {"role": "assistant", "tool_calls": [call("c0", "{}"), call("c1", arguments)]},
     ]
 
     with pytest.raises(InvalidRequest) as refused:
@@ -330,7 +340,7 @@ def test_without_tools_no_tool_choice_is_sent() -> None:
         ("authentication_error", UpstreamUnavailable, 503),
         ("permission_error", UpstreamUnavailable, 503),
         ("not_found_error", ModelNotFound, 404),
-        ("request_too_large", InvalidRequest, 400),
+        ("request_too_large", PayloadTooLarge, 413),
         ("timeout_error", UpstreamTimeout, 504),
         ("an_error_type_from_the_future", UpstreamUnavailable, 503),
     ],
@@ -364,6 +374,34 @@ def test_an_error_event_raises_the_gateway_error_for_its_type(
 )
 def test_events_without_openai_counterpart_produce_nothing(event: bytes) -> None:
     assert DIALECT.stream_translator(False).feed(event) == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b"data: {not json\n\n",
+        b'data: {"type": "content_block_delta", "index": 0}\n\n',
+        b'data: {"type": "content_block_delta", "index": 9, "delta": '
+        b'{"type": "input_json_delta", "partial_json": "{"}}\n\n',
+        b"data: [1, 2]\n\n",
+    ],
+)
+def test_an_unreadable_event_is_the_upstreams_fault(event: bytes) -> None:
+    with pytest.raises(UpstreamUnavailable):
+        DIALECT.stream_translator(False).feed(event)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"content": [{"type": "tool_use", "name": "f"}]},
+        {"content": "not blocks"},
+        {"content": [], "usage": {"input_tokens": "many"}},
+    ],
+)
+def test_an_unreadable_answer_is_the_upstreams_fault(body: dict[str, Any]) -> None:
+    with pytest.raises(UpstreamUnavailable):
+        DIALECT.translate_response(body, PUBLIC)
 
 
 # ---------------------------------------------------------------- against the fake upstream
