@@ -189,7 +189,7 @@ class UpstreamClient:
     async def _first_event(
         self, response: aiohttp.ClientResponse, translator: StreamTranslator | None
     ) -> StreamAnswer:
-        events = _openai_events(
+        events = openai_events(
             iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
         )
         try:
@@ -215,7 +215,7 @@ class UpstreamClient:
         return StreamAnswer(first, events, response)
 
 
-async def _openai_events(
+async def openai_events(
     events: AsyncIterator[bytes], translator: StreamTranslator | None
 ) -> AsyncIterator[bytes]:
     """OpenAI chunk events: translated, or checked for an error reported inside the stream

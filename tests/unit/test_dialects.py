@@ -1,16 +1,22 @@
-"""Dialects: a normalized contract request in, the exact upstream JSON out."""
+"""Dialects: a normalized contract request in, the exact upstream JSON out (golden files
+in tests/golden/<dialect>/), and OpenAI-shaped streams relayed with their in-stream errors
+raised. The anthropic dialect's own golden cases are in test_dialect_anthropic.py."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.dialects import DIALECTS
 from gateway.dialects.base import Fate, refuse_or_drop
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.stages.validate import parse_chat_request
+from gateway.upstream.client import openai_events
+from gateway.upstream.sse import iter_events
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -22,76 +28,60 @@ def build(dialect: str, **params: Any) -> dict[str, Any]:
     return DIALECTS[dialect].build_body(request, "upstream-name", "public")
 
 
-def test_together_forwards_the_contract_as_is() -> None:
-    params = {
-        "max_tokens": 5,
-        "temperature": 0.3,
-        "top_k": 4,
-        "min_p": 0.1,
-        "repetition_penalty": 1.1,
-        "stop": ["x"],
-        "logprobs": 3,
-        "echo": True,
-        "safety_model": "meta-llama/Llama-Guard-4-12B",
-        "compliance": "hipaa",
-        "reasoning": {"enabled": False},
-        "context_length_exceeded_behavior": "truncate",
-        "response_format": {"type": "regex", "pattern": "[a-z]+"},
-    }
-
-    assert build("together", **params) == {"model": "upstream-name", "messages": USER, **params}
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
-def test_together_takes_openai_json_schema_as_top_level_schema() -> None:
-    body = build(
-        "together",
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True},
-        },
-    )
-
-    assert body["response_format"] == {"type": "json_schema", "schema": {"type": "object"}}
+def golden(pattern: str) -> list[Path]:
+    return sorted(GOLDEN.glob(pattern))
 
 
-def test_openai_translates_contract_forms_to_openai_forms() -> None:
-    body = build(
-        "openai",
-        max_tokens=9,
-        logprobs=4,
-        stop="END",
-        context_length_exceeded_behavior="error",
-        response_format={"type": "json_schema", "schema": {"type": "object"}},
-    )
+@pytest.mark.parametrize(
+    "case",
+    golden("[!a]*/requests/*.json"),  # anthropic's have their own file
+    ids=lambda path: f"{path.parts[-3]}/{path.stem}",
+)
+def test_golden_request_becomes_the_exact_upstream_body(case: Path) -> None:
+    golden_case = json.loads(case.read_text())
+    request = parse_chat_request(json.dumps(golden_case["request"]).encode())
+    dialect = DIALECTS[case.parts[-3]]
 
-    assert body == {
-        "model": "upstream-name",
-        "messages": USER,
-        "max_completion_tokens": 9,
-        "logprobs": True,
-        "top_logprobs": 4,
-        "stop": ["END"],
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "response", "schema": {"type": "object"}},
-        },
-    }
+    assert dialect.build_body(request, "upstream-name", "public") == golden_case["upstream"]
 
 
-def test_openai_keeps_the_clients_schema_name_and_strictness() -> None:
-    body = build(
-        "openai",
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": {}, "strict": True},
-        },
-    )
+def test_every_dialect_has_golden_requests() -> None:
+    assert {path.parts[-3] for path in golden("*/requests/*.json")} == set(DIALECTS)
 
-    assert body["response_format"]["json_schema"] == {
-        "name": "answer",
-        "schema": {},
-        "strict": True,
-    }
+
+async def relayed(raw: bytes) -> tuple[list[bytes], GatewayError | None]:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield raw
+
+    out: list[bytes] = []
+    try:
+        async for event in openai_events(iter_events(chunks(), 1 << 20), None):
+            out.append(event)
+    except GatewayError as error:
+        return out, error
+    return out, None
+
+
+@pytest.mark.parametrize(
+    "case", golden("vllm/streams/*.upstream.sse"), ids=lambda path: path.name.split(".")[0]
+)
+async def test_golden_openai_shaped_stream_passes_and_its_errors_are_raised(case: Path) -> None:
+    """`<name>.openai.sse` holds the events the relay gets, then, when the upstream reported
+    an error inside the stream, a last line `ERROR <status> <message>`."""
+    expected = case.with_name(case.name.replace(".upstream.", ".openai.")).read_text()
+    expected_events, _, expected_error = expected.partition("ERROR ")
+
+    events, error = await relayed(case.read_bytes())
+
+    assert b"".join(events).decode() == expected_events
+    if expected_error:
+        status, message = expected_error.strip().split(" ", 1)
+        assert error is not None and (error.status, error.message) == (int(status), message)
+    else:
+        assert error is None
 
 
 @pytest.mark.parametrize(
@@ -152,38 +142,3 @@ def test_values_a_dialect_cannot_honour_are_refused(
 
     assert refused.value.param == param
     assert refused.value.code == "unsupported_parameter"
-
-
-def test_vllm_passes_its_extras_and_maps_structured_outputs_and_reasoning() -> None:
-    body = build(
-        "vllm",
-        top_k=4,
-        min_p=0.1,
-        repetition_penalty=1.1,
-        echo=True,
-        logprobs=2,
-        reasoning={"enabled": False},
-        response_format={"type": "regex", "pattern": "[0-9]+"},
-    )
-
-    assert body == {
-        "model": "upstream-name",
-        "messages": USER,
-        "top_k": 4,
-        "min_p": 0.1,
-        "repetition_penalty": 1.1,
-        "echo": True,
-        "logprobs": True,
-        "top_logprobs": 2,
-        "chat_template_kwargs": {"enable_thinking": False},
-        "structured_outputs": {"regex": "[0-9]+"},
-    }
-
-
-def test_vllm_takes_json_schema_in_openai_form() -> None:
-    body = build("vllm", response_format={"type": "json_schema", "schema": {"type": "object"}})
-
-    assert body["response_format"] == {
-        "type": "json_schema",
-        "json_schema": {"name": "response", "schema": {"type": "object"}},
-    }
