@@ -16,15 +16,18 @@ from aiohttp.typedefs import Handler
 
 from gateway import handlers
 from gateway.appkeys import (
+    AUDIT,
     AUTHENTICATOR,
     CONFIG,
     HEALTH,
     LIMITER,
     LOG,
     METRICS,
+    POLICIES,
     RATE_LIMITS,
     REQUEST_CONTEXT,
     ROUTER,
+    SAFETY,
     TASKS,
     UPSTREAMS,
 )
@@ -41,11 +44,14 @@ from gateway.errors import (
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
-from gateway.observability.logs import make_logger, where_it_failed
+from gateway.observability.audit import write_audit
+from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stages.auth import Authenticator
+from gateway.stages.policy import PolicyStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.route import Router
+from gateway.stages.safety import SafetyStage
 from gateway.tasks import BackgroundTasks
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import UpstreamClient
@@ -73,6 +79,8 @@ def build_app(
     app[AUTHENTICATOR] = Authenticator(config)
     app[ROUTER] = Router(config)
     app[LOG] = make_logger(config.server, log_stream)
+    app[AUDIT] = make_audit_logger(config.server, log_stream)
+    app[POLICIES] = PolicyStage(config)
     app[METRICS] = GatewayMetrics()
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIMITER] = limiter or _limiter_backend(config)
@@ -123,6 +131,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAMS] = UpstreamCaller(
         UpstreamClient(config, session), app[HEALTH], config.retries, app[METRICS]
     )
+    app[SAFETY] = SafetyStage(app[ROUTER], app[UPSTREAMS], app[METRICS])
     yield
     await session.close()
 
@@ -167,9 +176,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _error_response(ctx, InternalError("The gateway failed on its own; this is a bug."))
     finally:
         _access_line(request, ctx)
+        write_audit(request.app[AUDIT], request, ctx)
 
 
 def _error_response(ctx: RequestContext, error: GatewayError) -> web.Response:
+    if ctx.hipaa:
+        error = error.withheld()
     ctx.status = error.status
     return web.Response(
         status=error.status,

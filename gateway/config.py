@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gateway.dialects.base import CONTRACT_PARAMETERS
+from gateway.policies import Policy, compose, load_policy_files
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -70,6 +71,9 @@ class ServerConfig(BaseModel):
     max_upstream_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "json"
+    # Where audit lines go (one JSON line per request, whatever log_level says); without
+    # it, to the log stream.
+    audit_path: str | None = None
     # Seconds that in-flight requests get to finish on shutdown.
     shutdown_timeout: Seconds = 30.0
 
@@ -95,6 +99,9 @@ class UpstreamConfig(BaseModel):
     api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     max_connections: Annotated[int, Field(ge=1)] = 100
+    # Covered by a business associate agreement: may receive requests under HIPAA (which
+    # also require https, see security.allow_plaintext_loopback_hipaa).
+    hipaa_eligible: bool = False
 
     @field_validator("api_key_env", mode="before")
     @classmethod
@@ -152,6 +159,8 @@ class TeamConfig(BaseModel):
     limits: TeamLimits = TeamLimits()
     # Narrower limits for one model (public name), applied on top of `limits`.
     model_limits: dict[str, TeamLimits] = {}
+    # Policies applied to every request of the team, composed in this order.
+    policies: list[Name] = []
 
 
 class RateLimitConfig(BaseModel):
@@ -201,6 +210,14 @@ class HealthConfig(BaseModel):
     max_ejection_s: Annotated[float, Field(gt=0)] = 300.0
 
 
+class SecurityConfig(BaseModel):
+    model_config = _FROZEN
+
+    # TEST ONLY: let HIPAA requests reach a hipaa_eligible upstream over plain http on
+    # loopback (test suites have no certificates). Never set it in production.
+    allow_plaintext_loopback_hipaa: bool = False
+
+
 class GatewayConfig(BaseModel):
     model_config = _FROZEN
 
@@ -208,6 +225,11 @@ class GatewayConfig(BaseModel):
     rate_limits: RateLimitConfig = RateLimitConfig()
     retries: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
+    security: SecurityConfig = SecurityConfig()
+    # Policy files (*.yaml, named by file stem), relative to the configuration file.
+    policies_dir: str | None = None
+    # Policies given inline, by name (besides those of policies_dir).
+    policies: dict[Name, Policy] = {}
     upstreams: dict[Name, UpstreamConfig]
     models: dict[Name, ModelConfig]
     teams: dict[Name, TeamConfig]
@@ -254,6 +276,15 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                     f"teams.{team_name}.model_limits.{limited}: unknown model "
                     "(use the model's public name)"
                 )
+        for i, policy_name in enumerate(team.policies):
+            if policy_name not in config.policies:
+                problems.append(
+                    f"teams.{team_name}.policies[{i}]: unknown policy '{policy_name}' "
+                    f"(known: {', '.join(sorted(config.policies)) or 'none'})"
+                )
+        if all(name in config.policies for name in team.policies):
+            _, conflicts = compose(team.policies, config.policies)
+            problems += [f"teams.{team_name}.policies: {conflict}" for conflict in conflicts]
         for i, key_hash in enumerate(team.key_hashes):
             where = f"teams.{team_name}.key_hashes[{i}]"
             if key_hash in owner_of_hash:
@@ -262,11 +293,34 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                 )
             else:
                 owner_of_hash[key_hash] = where
+    for name, policy in config.policies.items():
+        if policy.safety is not None and policy.safety.model not in config.models:
+            problems.append(
+                f"policies.{name}.safety.model: unknown model '{policy.safety.model}' "
+                "(the safety model must be configured under models:)"
+            )
+        if policy.caps is not None:
+            for i, allowed in enumerate(policy.caps.allowed_models or []):
+                if allowed not in config.models:
+                    problems.append(f"policies.{name}.caps.allowed_models[{i}]: unknown model")
     return problems
 
 
-def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Validate an already-parsed document; raises ConfigError listing every problem."""
+def parse_config(
+    raw: Any, environ: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> GatewayConfig:
+    """Validate an already-parsed document; raises ConfigError listing every problem.
+    `policies_dir` is resolved against `base_dir` (the configuration file's folder)."""
+    if isinstance(raw, dict) and isinstance(raw.get("policies_dir"), str):
+        directory = (base_dir or Path.cwd()) / raw["policies_dir"]
+        if not directory.is_dir():
+            raise ConfigError([f"policies_dir: {directory} is not a directory"])
+        from_files, problems = load_policy_files(directory)
+        clashes = sorted(set(from_files) & set(raw.get("policies") or {}))
+        problems += [f"policies.{name}: defined inline and in {directory}" for name in clashes]
+        if problems:
+            raise ConfigError(problems)
+        raw = {**raw, "policies": {**(raw.get("policies") or {}), **from_files}}
     try:
         config = GatewayConfig.model_validate(
             raw, context={"environ": os.environ if environ is None else environ}
@@ -302,7 +356,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         position = getattr(exc, "position", None)
         where = f" at line {text[:position].count(chr(10)) + 1}" if position is not None else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse_config(raw, environ)
+    return parse_config(raw, environ, Path(path).resolve().parent)
 
 
 class _StrictLoader(yaml.SafeLoader):

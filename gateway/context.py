@@ -31,6 +31,11 @@ class RequestContext:
     content_events: int = 0
     # Added to whatever response the request gets (the x-ratelimit-* headers).
     response_headers: dict[str, str] = field(default_factory=dict)
+    # What the policy stage decided, for the audit line.
+    policies: tuple[str, ...] = ()
+    hipaa: bool = False
+    # "not_checked", "safe", "unsafe", "unavailable", or "native" (the upstream checks).
+    safety_verdict: str = "not_checked"
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

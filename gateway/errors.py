@@ -32,6 +32,21 @@ class GatewayError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        # The message quotes the upstream, whose text may echo the request's content.
+        self.upstream_text = False
+
+    def withheld(self) -> GatewayError:
+        """This error with the upstream's own words replaced (for HIPAA requests, whose
+        content must not appear in error bodies)."""
+        if not self.upstream_text:
+            return self
+        error = type(self)(
+            f"The upstream refused the request (HTTP {self.status}); its message is withheld "
+            "for requests under HIPAA.",
+            code=self.code,
+            headers=self.headers,
+        )
+        return error
 
     def body(self) -> dict[str, Any]:
         return {
@@ -100,6 +115,12 @@ class UpstreamTimeout(GatewayError):
     default_code = "upstream_timeout"
 
 
+class ContentPolicyViolation(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "content_policy_violation"
+
+
 class InternalError(GatewayError):
     """Only for the gateway's own bugs; never raised for anything a client sent."""
 
@@ -136,12 +157,16 @@ def from_upstream(
     if status == 504:
         return UpstreamTimeout("The upstream timed out.")
     if status == 413:
-        return PayloadTooLarge(message or "The upstream found the request too large.")
+        too_large = PayloadTooLarge(message or "The upstream found the request too large.")
+        too_large.upstream_text = message is not None
+        return too_large
     if status in (400, 404, 422):
         error_class = ModelNotFound if status == 404 else InvalidRequest
-        return error_class(
+        error: GatewayError = error_class(
             message or f"The upstream rejected the request (HTTP {status}).",
             param=param,
             code=code,
         )
+        error.upstream_text = message is not None
+        return error
     return UpstreamUnavailable(f"The upstream failed (HTTP {status}).")

@@ -1,6 +1,7 @@
 """HTTP handlers. The chat handler reads top to bottom like the request path:
-auth → validate → route → translate → rate limit → upstream (pick, call, retry) → relay →
-account; the middleware in `app.py` answers errors and writes the access line."""
+auth → validate → route → policy → context length → translate → safety → rate limit →
+upstream (pick, call, retry) → relay → account; the middleware in `app.py` answers errors
+and writes the access and audit lines."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ from gateway.appkeys import (
     HEALTH,
     LIMITER,
     METRICS,
+    POLICIES,
     RATE_LIMITS,
     REQUEST_CONTEXT,
     ROUTER,
+    SAFETY,
     UPSTREAMS,
 )
 from gateway.limiter.redis import RedisLimiter
 from gateway.relay import relay_json, relay_stream
+from gateway.stages.context_length import fit_context
+from gateway.stages.safety import answer_text, conversation_of
 from gateway.stages.translate import translate
 from gateway.stages.validate import read_chat_request
 from gateway.upstream.client import JsonAnswer
@@ -49,10 +54,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = app[ROUTER].resolve(team.name, chat.model)
     ctx.model = route.model
 
+    policies = app[POLICIES]
+    ctx.policies = policies.policies_of(team.name)
+    decision = policies.apply(team.name, route, chat)
+    route, ctx.hipaa = decision.route, decision.hipaa
+    if decision.clamped:
+        ctx.response_headers["x-gateway-clamped-params"] = ",".join(decision.clamped)
+    truncated = fit_context(route, chat)
+    if truncated:
+        ctx.response_headers["x-gateway-truncated-messages"] = str(truncated)
+
     client_wants_usage = ask_for_stream_usage(chat)
     translation = translate(route, chat)
     if translation.dropped:
         ctx.response_headers["x-gateway-dropped-params"] = ",".join(translation.dropped)
+
+    conversation = conversation_of(chat) if decision.safety_model else []
+    if decision.safety_model:
+        await app[SAFETY].check(decision.safety_model, decision.safety, conversation, ctx)
+    elif chat.safety_model:
+        ctx.safety_verdict = "native"
 
     prompt_tokens = estimate_prompt_tokens(chat)
     limits = app[RATE_LIMITS]
@@ -64,6 +85,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         answer = await app[UPSTREAMS].call(route, translation, chat.is_stream, ctx)
         if isinstance(answer, JsonAnswer):
+            ctx.usage = answer.usage
+            if decision.safety_model and decision.safety and decision.safety.check_output:
+                text = answer_text(answer.body)
+                if text:
+                    said = [*conversation, {"role": "assistant", "content": text}]
+                    await app[SAFETY].check(decision.safety_model, decision.safety, said, ctx)
             return relay_json(answer, ctx)
         try:
             return await relay_stream(request, answer, ctx, client_wants_usage)

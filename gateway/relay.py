@@ -74,6 +74,8 @@ async def _forward_events(
     except ConnectionResetError:
         raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
     except GatewayError as error:  # reported by the upstream inside the stream
+        if ctx.hipaa:
+            error = error.withheld()
         failure = error_event(error.message, error.code or "upstream_error", error.error_type)
     except EventTooLarge:
         failure = error_event("The upstream sent an event larger than allowed.", "upstream_error")

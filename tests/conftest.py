@@ -44,8 +44,10 @@ def config_dict(upstream_url: str, **server: Any) -> dict[str, Any]:
     }
     return {
         "server": {"log_format": "json", "log_level": "debug", **server},
+        # The suite has no certificates: HIPAA tests use plain http on loopback.
+        "security": {"allow_plaintext_loopback_hipaa": True},
         "upstreams": {
-            "fake": {**upstream, "dialect": "together"},
+            "fake": {**upstream, "dialect": "together", "hipaa_eligible": True},
             "fake-openai": {**upstream, "dialect": "openai"},
         },
         "models": {

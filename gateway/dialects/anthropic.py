@@ -32,7 +32,7 @@ from gateway.contract import (
     VideoPart,
 )
 from gateway.dialects.anthropic_answers import UNREADABLE, AnthropicStreamTranslator, completion
-from gateway.dialects.base import Fate, unsupported
+from gateway.dialects.base import GATEWAY_ENFORCED, Fate, unsupported
 from gateway.errors import InvalidRequest, UpstreamUnavailable
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -49,8 +49,6 @@ _UNSUPPORTED = (
     "echo",
     "logit_bias",
     "response_format",
-    "safety_model",
-    "compliance",
     "reasoning_effort",
     "reasoning",
 )
@@ -60,23 +58,26 @@ _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/w
 class AnthropicDialect:
     name = "anthropic"
     path = "/messages"
-    fates = {
-        "model": Fate.PASS,
-        "temperature": Fate.PASS,  # the contract's 0-1 is Anthropic's range
-        "top_p": Fate.PASS,
-        "top_k": Fate.PASS,
-        "stream": Fate.PASS,
-        "messages": Fate.TRANSLATE,  # system on top, tool blocks, image blocks
-        "max_tokens": Fate.TRANSLATE,  # required upstream: DEFAULT_MAX_TOKENS when absent
-        "stop": Fate.TRANSLATE,  # stop_sequences
-        "tools": Fate.TRANSLATE,  # name, description, input_schema
-        "tool_choice": Fate.TRANSLATE,  # {"type": auto | none | any | tool}
-        "parallel_tool_calls": Fate.TRANSLATE,  # false: tool_choice.disable_parallel_tool_use
-        "user": Fate.TRANSLATE,  # metadata.user_id
-        "stream_options": Fate.TRANSLATE,  # the usage chunk is built from Anthropic's usage
-        "n": Fate.TRANSLATE,  # only 1
-        "context_length_exceeded_behavior": Fate.TRANSLATE,  # "error" is Anthropic's way
-    } | dict.fromkeys(_UNSUPPORTED, Fate.UNSUPPORTED)
+    fates = (
+        {
+            "model": Fate.PASS,
+            "temperature": Fate.PASS,  # the contract's 0-1 is Anthropic's range
+            "top_p": Fate.PASS,
+            "top_k": Fate.PASS,
+            "stream": Fate.PASS,
+            "messages": Fate.TRANSLATE,  # system on top, tool blocks, image blocks
+            "max_tokens": Fate.TRANSLATE,  # required upstream: DEFAULT_MAX_TOKENS when absent
+            "stop": Fate.TRANSLATE,  # stop_sequences
+            "tools": Fate.TRANSLATE,  # name, description, input_schema
+            "tool_choice": Fate.TRANSLATE,  # {"type": auto | none | any | tool}
+            "parallel_tool_calls": Fate.TRANSLATE,  # false: tool_choice.disable_parallel_tool_use
+            "user": Fate.TRANSLATE,  # metadata.user_id
+            "stream_options": Fate.TRANSLATE,  # the usage chunk is built from Anthropic's usage
+            "n": Fate.TRANSLATE,  # only 1
+        }
+        | dict.fromkeys(GATEWAY_ENFORCED, Fate.GATEWAY)
+        | dict.fromkeys(_UNSUPPORTED, Fate.UNSUPPORTED)
+    )
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION}
@@ -94,8 +95,6 @@ class AnthropicDialect:
                 raise unsupported(param, public_model, self.name)
         if request.n not in (None, 1):
             raise unsupported("n", public_model, self.name)
-        if request.context_length_exceeded_behavior == "truncate":
-            raise unsupported("context_length_exceeded_behavior", public_model, self.name)
 
         system, messages = _messages(request.messages, public_model, self.name)
         body: dict[str, Any] = {

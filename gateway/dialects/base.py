@@ -6,9 +6,10 @@ and chat.completion.chunk shapes. It knows nothing about sockets, retries or tea
 method is a pure function of its input, so dialects are tested with golden files.
 
 Every top-level contract parameter has a declared `Fate` in every dialect: passed as is,
-translated, or unsupported. An unsupported parameter is a 400 naming the parameter and the
-model, unless the model's config lists it in `drop_params`; then it is dropped and the
-response says so in `x-gateway-dropped-params`. Never a silent drop.
+translated, enforced by the gateway itself, or unsupported. An unsupported parameter is a
+400 naming the parameter and the model, unless the model's config lists it in
+`drop_params`; then it is dropped and the response says so in `x-gateway-dropped-params`.
+Never a silent drop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ class Fate(enum.StrEnum):
     PASS = "pass"  # noqa: S105 (sent as the contract has it)
     TRANSLATE = "translate"  # sent in the upstream's own form (some values may be refused)
     UNSUPPORTED = "unsupported"  # 400, or dropped when the model's config allows it
+    GATEWAY = "gateway"  # enforced by the gateway itself, not sent upstream
 
+
+# Parameters the gateway enforces itself (policy and context stages) for upstreams that do
+# not do it natively; those upstreams never receive them.
+GATEWAY_ENFORCED = frozenset({"compliance", "safety_model", "context_length_exceeded_behavior"})
 
 # The top-level parameters of a normalized request (OpenAI's aliases such as
 # max_completion_tokens and top_logprobs are folded into these by the contract).
@@ -79,9 +85,12 @@ def bearer(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def contract_body(request: ChatCompletionRequest, upstream_model: str) -> dict[str, Any]:
-    """The request in the contract's own JSON form, addressed to the upstream's model name."""
-    body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+def contract_body(
+    request: ChatCompletionRequest, upstream_model: str, exclude: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The request in the contract's own JSON form, addressed to the upstream's model name,
+    without the `exclude`d parameters."""
+    body = request.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=set(exclude))
     body["model"] = upstream_model
     return body
 

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.contract import ChatCompletionRequest
 from gateway.dialects.base import (
     CONTRACT_PARAMETERS,
+    GATEWAY_ENFORCED,
     Fate,
     StreamTranslator,
     bearer,
@@ -39,13 +40,13 @@ class OpenAIDialect:
         "max_tokens": Fate.TRANSLATE,  # max_completion_tokens
         "logprobs": Fate.TRANSLATE,  # logprobs: true + top_logprobs
         "response_format": Fate.TRANSLATE,  # json_schema nested; regex refused
-        "context_length_exceeded_behavior": Fate.TRANSLATE,  # "error" is OpenAI's way
+        "context_length_exceeded_behavior": Fate.GATEWAY,  # the gateway truncates or errors
         "top_k": Fate.UNSUPPORTED,
         "min_p": Fate.UNSUPPORTED,
         "repetition_penalty": Fate.UNSUPPORTED,
         "echo": Fate.UNSUPPORTED,
-        "safety_model": Fate.UNSUPPORTED,
-        "compliance": Fate.UNSUPPORTED,
+        "safety_model": Fate.GATEWAY,  # the gateway asks the safety model itself
+        "compliance": Fate.GATEWAY,  # the gateway routes to eligible upstreams
         "reasoning": Fate.UNSUPPORTED,
     }
 
@@ -55,9 +56,7 @@ class OpenAIDialect:
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
     ) -> dict[str, Any]:
-        body = translate_openai_forms(
-            contract_body(request, upstream_model), public_model, self.name
-        )
+        body = translate_openai_forms(contract_body(request, upstream_model, GATEWAY_ENFORCED))
         if "max_tokens" in body:
             body["max_completion_tokens"] = body.pop("max_tokens")
         response_format = body.get("response_format")
@@ -72,12 +71,9 @@ class OpenAIDialect:
         return None
 
 
-def translate_openai_forms(body: dict[str, Any], public_model: str, dialect: str) -> dict[str, Any]:
-    """What OpenAI and the servers that copy it share: logprobs as a flag plus a count, the
-    nested JSON schema, and no context_length_exceeded_behavior (they always error)."""
-    behaviour = body.pop("context_length_exceeded_behavior", "error")
-    if behaviour != "error":
-        raise unsupported("context_length_exceeded_behavior", public_model, dialect)
+def translate_openai_forms(body: dict[str, Any]) -> dict[str, Any]:
+    """What OpenAI and the servers that copy it share: logprobs as a flag plus a count, and
+    the nested JSON schema."""
     if "logprobs" in body:
         body["top_logprobs"] = body["logprobs"]
         body["logprobs"] = True

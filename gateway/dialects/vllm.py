@@ -14,6 +14,7 @@ from typing import Any
 from gateway.contract import ChatCompletionRequest
 from gateway.dialects.base import (
     CONTRACT_PARAMETERS,
+    GATEWAY_ENFORCED,
     Fate,
     StreamTranslator,
     bearer,
@@ -29,9 +30,9 @@ class VLLMDialect:
         "logprobs": Fate.TRANSLATE,  # logprobs: true + top_logprobs
         "response_format": Fate.TRANSLATE,  # json_schema nested; regex to structured_outputs
         "reasoning": Fate.TRANSLATE,  # chat_template_kwargs.enable_thinking
-        "context_length_exceeded_behavior": Fate.TRANSLATE,  # "error" is vLLM's way
-        "safety_model": Fate.UNSUPPORTED,
-        "compliance": Fate.UNSUPPORTED,
+        "context_length_exceeded_behavior": Fate.GATEWAY,  # the gateway truncates or errors
+        "safety_model": Fate.GATEWAY,  # the gateway asks the safety model itself
+        "compliance": Fate.GATEWAY,  # the gateway routes to eligible upstreams
     }
 
     def headers(self, api_key: str | None) -> dict[str, str]:
@@ -40,9 +41,7 @@ class VLLMDialect:
     def build_body(
         self, request: ChatCompletionRequest, upstream_model: str, public_model: str
     ) -> dict[str, Any]:
-        body = translate_openai_forms(
-            contract_body(request, upstream_model), public_model, self.name
-        )
+        body = translate_openai_forms(contract_body(request, upstream_model, GATEWAY_ENFORCED))
         response_format = body.get("response_format")
         if response_format is not None and response_format["type"] == "regex":
             del body["response_format"]

@@ -1,1 +1,1 @@
-"""Telemetry the gateway emits: structured logs now; metrics and audit join here."""
+"""Telemetry the gateway emits: structured logs, the audit trail and Prometheus metrics."""

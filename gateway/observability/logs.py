@@ -54,3 +54,20 @@ def where_it_failed(exc: BaseException) -> str:
         f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames)
     )
     return f"{type(exc).__name__} at {trail}"
+
+
+def make_audit_logger(server: ServerConfig, stream: TextIO | None = None) -> FilteringBoundLogger:
+    """The audit trail: JSON lines, never filtered by log level, to `server.audit_path` or,
+    without one, to the log stream."""
+    if server.audit_path is not None and stream is None:
+        stream = open(server.audit_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        structlog.WriteLogger(stream or sys.stdout),
+        processors=[
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=_to_json),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        cache_logger_on_first_use=True,
+    )
+    return logger

@@ -51,5 +51,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.safety_verdicts = Counter(
+            f"{PREFIX}_safety_verdicts",
+            "Safety model verdicts (safe, unsafe, unavailable), by safety model.",
+            ["model", "verdict"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

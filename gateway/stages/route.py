@@ -2,16 +2,18 @@
 
 All routes are resolved at start-up into one dict per team, so a request costs one lookup.
 A model that does not exist and a model the team may not use give the same 404: the answer
-must not reveal which models other teams have.
+must not reveal which models other teams have. Each route also carries its HIPAA view: the
+same model restricted to upstreams that are `hipaa_eligible` and reached over TLS, so a
+request under HIPAA can reach no other upstream, not even on a retry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from gateway.config import GatewayConfig, ModelConfig, UpstreamConfig
+from gateway.config import GatewayConfig, ModelConfig, SecurityConfig, UpstreamConfig
 from gateway.dialects import DIALECTS, UpstreamDialect
-from gateway.dialects.base import Fate
+from gateway.dialects.base import GATEWAY_ENFORCED, Fate
 from gateway.errors import ModelNotFound
 
 
@@ -36,11 +38,17 @@ class Route:
     unsupported: frozenset[str]
     droppable: frozenset[str]
     dialects: str  # for messages: "openai", or "openai/vllm" for a mixed model
+    # Gateway-enforced parameters every upstream of the route also takes natively
+    # (Together's safety_model and compliance): forwarded besides being enforced.
+    native: frozenset[str]
+    # The route restricted to HIPAA-eligible upstreams; None when the model has none.
+    hipaa: Route | None = None
 
 
 class Router:
     def __init__(self, config: GatewayConfig) -> None:
         routes: dict[str, Route] = {}
+        self._all: dict[str, Route] = {}
         for name, model in config.models.items():
             targets = tuple(
                 UpstreamTarget(
@@ -64,7 +72,16 @@ class Router:
                 ),
                 droppable=frozenset(model.drop_params),
                 dialects="/".join(sorted({t.dialect.name for t in targets})),
+                native=frozenset(
+                    param
+                    for param in GATEWAY_ENFORCED
+                    if all(t.dialect.fates[param] is Fate.PASS for t in targets)
+                ),
             )
+            eligible = tuple(t for t in targets if _hipaa_eligible(t.upstream, config.security))
+            if eligible:
+                route = replace(route, hipaa=replace(route, targets=eligible))
+            self._all[name] = route
             for label in (name, *model.aliases):
                 routes[label] = route
         self._by_team: dict[str, dict[str, Route]] = {}
@@ -87,9 +104,23 @@ class Router:
             )
         return route
 
+    def route(self, model: str) -> Route:
+        """Any configured model by its public name, whoever asks (the safety model)."""
+        return self._all[model]
+
     def models_for(self, team: str) -> list[Route]:
         """The team's models, each once, in configuration order."""
         seen: dict[str, Route] = {}
         for route in self._by_team.get(team, {}).values():
             seen.setdefault(route.model, route)
         return list(seen.values())
+
+
+def _hipaa_eligible(upstream: UpstreamConfig, security: SecurityConfig) -> bool:
+    if not upstream.hipaa_eligible:
+        return False
+    if upstream.base_url.scheme == "https":
+        return True
+    host = upstream.base_url.host or ""
+    loopback = host == "localhost" or host.startswith("127.") or host == "[::1]"
+    return loopback and security.allow_plaintext_loopback_hipaa

@@ -91,8 +91,6 @@ async def test_golden_openai_shaped_stream_passes_and_its_errors_are_raised(case
         ({"min_p": 0.2}, "min_p"),
         ({"repetition_penalty": 1.2}, "repetition_penalty"),
         ({"echo": True}, "echo"),
-        ({"safety_model": "meta-llama/Llama-Guard-4-12B"}, "safety_model"),
-        ({"compliance": "hipaa"}, "compliance"),
         ({"reasoning": {"enabled": True}}, "reasoning"),
     ],
 )
@@ -121,16 +119,6 @@ def test_openai_refuses_what_it_cannot_honour_naming_param_and_model(
             "openai",
             {"response_format": {"type": "regex", "pattern": "a+"}},
             "response_format.pattern",
-        ),
-        (
-            "openai",
-            {"context_length_exceeded_behavior": "truncate"},
-            "context_length_exceeded_behavior",
-        ),
-        (
-            "vllm",
-            {"context_length_exceeded_behavior": "truncate"},
-            "context_length_exceeded_behavior",
         ),
     ],
 )
