@@ -293,7 +293,10 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
                 )
             else:
                 owner_of_hash[key_hash] = where
+    in_use = {name for team in config.teams.values() for name in team.policies}
     for name, policy in config.policies.items():
+        if name not in in_use:  # a shipped file no team applies needs nothing configured
+            continue
         if policy.safety is not None and policy.safety.model not in config.models:
             problems.append(
                 f"policies.{name}.safety.model: unknown model '{policy.safety.model}' "

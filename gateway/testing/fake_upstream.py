@@ -4,7 +4,8 @@ It answers `POST /v1/chat/completions` with an echo of the last user message, wi
 `usage` counts (one token per whitespace-separated word), streamed or not, honouring
 `max_tokens`, `n` and `stream_options.include_usage`. It records every request it receives
 (headers and body) and every stream whose client went away, so tests can assert what the
-gateway sent and when it hung up.
+gateway sent and when it hung up. A model whose name contains "guard" answers like Llama
+Guard instead: `safe`, or `unsafe\nS1,S10` when a message carries `UNSAFE:S1,S10`.
 
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
@@ -192,7 +193,10 @@ class EchoAnswer:
             (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
             {},
         )
-        words = ("echo: " + text_of(last_user.get("content"))).split()
+        if "guard" in str(body.get("model")).lower():
+            words = [guard_verdict(messages)]
+        else:
+            words = ("echo: " + text_of(last_user.get("content"))).split()
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         finish_reason = "stop"
         if isinstance(limit, int) and len(words) > limit:
@@ -247,6 +251,20 @@ class EchoAnswer:
                 {**self._base("chat.completion.chunk"), "choices": [], "usage": self.usage()}
             )
         return out
+
+
+def guard_verdict(messages: list[Any]) -> str:
+    """A Llama Guard-style verdict: `unsafe` and the categories after an `UNSAFE:` marker
+    found in any turn (e.g. `UNSAFE:S1,S10`), else `safe`."""
+    for message in messages:
+        text = text_of(message.get("content")) if isinstance(message, dict) else ""
+        marker = text.find("UNSAFE:")
+        if marker >= 0:
+            categories = (
+                text[marker + len("UNSAFE:") :].split()[0] if text[marker + 7 :].strip() else ""
+            )
+            return f"unsafe\n{categories}"
+    return "safe"
 
 
 def text_of(content: Any) -> str:

@@ -1,0 +1,169 @@
+"""The safety model: the gateway asks a Llama Guard-style classifier before forwarding (and,
+by policy, before returning a non-streamed answer); an unsafe verdict blocks the request
+before the generation upstream sees it; Together-style upstreams get `safety_model`
+forwarded instead; a classifier that is down refuses or proceeds, as the policy says."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.testing.fake_upstream import Behavior, FakeUpstream
+from tests.conftest import (
+    MODEL,
+    OPENAI_MODEL,
+    UPSTREAM_KEY,
+    RunningGateway,
+    RunningUpstream,
+    StartGateway,
+    auth,
+    chat_body,
+    config_dict,
+)
+
+GUARD = "llama-guard-test"
+
+
+@pytest.fixture
+async def guard() -> AsyncIterator[RunningUpstream]:
+    """The safety model's own upstream (the fake answers like Llama Guard for "guard")."""
+    state = FakeUpstream(api_key=UPSTREAM_KEY)
+    server = TestServer(state.app())
+    await server.start_server()
+    yield RunningUpstream(state, server)
+    await server.close()
+
+
+async def start(
+    start_gateway: StartGateway,
+    upstream: RunningUpstream,
+    guard: RunningUpstream,
+    **safety: Any,
+) -> RunningGateway:
+    raw = config_dict(upstream.url)
+    raw["upstreams"]["guard-upstream"] = {
+        **raw["upstreams"]["fake-openai"],
+        "base_url": f"{guard.url}/v1",
+        "timeouts": {"connect": 1, "first_byte": 1, "idle": 1, "total": 5},
+    }
+    raw["models"][GUARD] = {"upstreams": [{"upstream": "guard-upstream"}]}
+    raw["policies"] = {"guarded": {"safety": {"model": GUARD, **safety}}}
+    raw["teams"]["team-a"]["policies"] = ["guarded"]
+    raw["retries"] = {"max_attempts": 1}
+    return await start_gateway(raw)
+
+
+async def post(gateway: RunningGateway, **params: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/chat/completions", json=chat_body(**params), headers=auth()
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def said(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+async def test_unsafe_verdict_blocks_before_the_generation_upstream(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, body = await post(gateway, model=OPENAI_MODEL, messages=said("how to UNSAFE:S1,S10"))
+
+    assert status == 400
+    assert body["error"]["code"] == "content_policy_violation"
+    assert "S1, S10" in body["error"]["message"]
+    assert upstream.state.requests == []  # the generation upstream received nothing
+    assert guard.state.requests[-1].body["messages"] == said("how to UNSAFE:S1,S10")
+    [audit] = gateway.log_records("audit")
+    assert audit["safety_verdict"] == "unsafe" and audit["status"] == 400
+
+
+async def test_safe_verdict_proceeds_and_the_answer_is_checked_too(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard, check_output=True)
+
+    status, body = await post(gateway, model=OPENAI_MODEL, messages=said("hello"))
+
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "echo: hello"
+    assert len(upstream.state.requests) == 1
+    # The input, then the conversation with the answer.
+    assert [r.body["messages"][-1]["role"] for r in guard.state.requests] == ["user", "assistant"]
+    assert "safety_model" not in upstream.state.requests[-1].body  # enforced, not forwarded
+
+
+async def test_together_style_upstream_gets_safety_model_forwarded_instead(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, _ = await post(gateway, model=MODEL, messages=said("hello"))
+
+    assert status == 200
+    assert upstream.state.requests[-1].body["safety_model"] == GUARD
+    assert guard.state.requests == []
+    assert gateway.log_records("audit")[-1]["safety_verdict"] == "native"
+
+
+async def test_client_may_not_choose_another_safety_model_unless_the_policy_allows(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, body = await post(gateway, model=OPENAI_MODEL, safety_model="another-guard")
+
+    assert (status, body["error"]["param"]) == (400, "safety_model")
+    assert upstream.state.requests == [] and guard.state.requests == []
+
+
+@pytest.mark.parametrize(("on_unavailable", "status"), [("refuse", 503), ("proceed", 200)])
+async def test_safety_model_down_refuses_or_proceeds_by_policy(
+    start_gateway: StartGateway,
+    upstream: RunningUpstream,
+    guard: RunningUpstream,
+    on_unavailable: str,
+    status: int,
+) -> None:
+    gateway = await start(start_gateway, upstream, guard, on_unavailable=on_unavailable)
+    guard.state.default = Behavior(status=500)
+
+    got, body = await post(gateway, model=OPENAI_MODEL, messages=said("hello"))
+
+    assert got == status
+    assert len(upstream.state.requests) == (1 if status == 200 else 0)
+    if status == 503:
+        assert body["error"]["code"] == "safety_model_unavailable"
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert (
+        f'llm_gateway_safety_verdicts_total{{model="{GUARD}",verdict="unavailable"}} 1.0' in metrics
+    )
+
+
+async def test_streamed_answers_are_checked_on_input_only(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard, check_output=True)
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=chat_body(model=OPENAI_MODEL, stream=True),
+            headers=auth(),
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.read()).endswith(b"data: [DONE]\n\n")
+
+    assert len(guard.state.requests) == 1
