@@ -46,7 +46,12 @@ from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
 from gateway.observability.audit import write_audit
 from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import (
+    NONE,
+    GatewayMetrics,
+    UpstreamHealthCollector,
+    status_class,
+)
 from gateway.stages.auth import Authenticator
 from gateway.stages.policy import PolicyStage
 from gateway.stages.ratelimit import RateLimitStage
@@ -89,6 +94,7 @@ def build_app(
         config.health,
         {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
     )
+    app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
     app.on_response_prepare.append(_add_request_id)
@@ -155,6 +161,10 @@ def _request_id(request: web.Request) -> str:
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = RequestContext(request_id=_request_id(request))
     request[REQUEST_CONTEXT] = ctx
+    metrics = request.app[METRICS]
+    api = request.path.startswith("/v1/")
+    if api:
+        metrics.in_flight.inc()
     try:
         response = await handler(request)
         ctx.status = response.status
@@ -177,6 +187,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         _access_line(request, ctx)
         write_audit(request.app[AUDIT], request, ctx)
+        if api:
+            metrics.in_flight.dec()
+            if request.match_info.route.resource is not None:
+                _count(metrics, ctx)
 
 
 def _error_response(ctx: RequestContext, error: GatewayError) -> web.Response:
@@ -202,6 +216,18 @@ def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
     if 400 <= http_error.status < 500:
         return InvalidRequest(f"The request was refused (HTTP {http_error.status}).")
     return InternalError("The gateway failed on its own; this is a bug.")
+
+
+def _count(metrics: GatewayMetrics, ctx: RequestContext) -> None:
+    # Every label value is a configured name (set by a stage from the config) or NONE.
+    team, model = ctx.team or NONE, ctx.model or NONE
+    metrics.requests.labels(team, model, ctx.upstream or NONE, status_class(ctx.status)).inc()
+    metrics.request_duration.labels(team, model).observe(ctx.elapsed_ms() / 1000)
+    if ctx.stream and ctx.first_byte is not None:
+        metrics.time_to_first_token.labels(team, model).observe(ctx.first_byte / 1000)
+    if ctx.usage is not None:
+        metrics.tokens.labels(team, model, "prompt").inc(ctx.usage.prompt_tokens)
+        metrics.tokens.labels(team, model, "completion").inc(ctx.usage.completion_tokens)
 
 
 def _access_line(request: web.Request, ctx: RequestContext) -> None:

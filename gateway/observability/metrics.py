@@ -1,13 +1,36 @@
 """Prometheus metrics, in the app's own registry (no global default registry), exposed at
-`GET /metrics`. Label values come only from configured names (team, model, limit kind),
-never from client input, so their number is bounded by the configuration."""
+`GET /metrics`.
+
+Names follow Prometheus conventions (one prefix, base units, `_total` counters). Where
+OpenTelemetry's GenAI semantic conventions name the same quantity, the meaning and unit are
+theirs: `request_duration_seconds` is `gen_ai.server.request.duration`,
+`time_to_first_token_seconds` is `gen_ai.server.time_to_first_token`, and `tokens_total`
+with kind prompt/completion is `gen_ai.client.token.usage` with `gen_ai.token.type`
+input/output.
+
+Label values come only from configured names (team, model, upstream) or fixed vocabularies
+(status class, limit kind, verdict, reason), never from client input: a request for an
+unknown model is counted under model "none". Cardinality is bounded by the configuration.
+
+The gateway serves from one process (scale with replicas, each scraped on its own), so the
+registry is per process and needs no multiprocess mode.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 PREFIX = "llm_gateway"
+# Seconds: from a few ms of gateway overhead to a long generation.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# OpenTelemetry's advice for time to first token.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
+NONE = "none"
 
 
 class GatewayMetrics:
@@ -15,6 +38,45 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Requests answered, by team, model, upstream and status class (2xx, 4xx, 5xx).",
+            ["team", "model", "upstream", "status_class"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "End-to-end request duration (OTel gen_ai.server.request.duration).",
+            ["team", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Streams: time until the first event reached the client "
+            "(OTel gen_ai.server.time_to_first_token).",
+            ["team", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_attempt_duration = Histogram(
+            f"{PREFIX}_upstream_attempt_duration_seconds",
+            "One upstream attempt, until its answer (or first stream event) or its failure.",
+            ["upstream", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_tokens",
+            "Tokens by team, model and kind: prompt (OTel input) or completion (OTel output).",
+            ["team", "model", "kind"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight",
+            "Requests being handled now.",
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             f"{PREFIX}_rate_limited_requests",
             "Requests refused with 429 by the gateway's rate limiter, by the limit that refused.",
@@ -60,3 +122,28 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class UpstreamHealthCollector(Collector):
+    """`llm_gateway_upstream_healthy` read from the health book at scrape time: 1 in
+    service, 0 ejected."""
+
+    def __init__(self, states: Callable[[], dict[str, bool]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_upstream_healthy",
+            "1 while the upstream is in service, 0 while passive health has ejected it.",
+            labels=["upstream"],
+        )
+        for name, healthy in sorted(self._states().items()):
+            gauge.add_metric([name], 1.0 if healthy else 0.0)
+        yield gauge
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else NONE

@@ -80,6 +80,9 @@ class HealthBook:
             for m in self._models_of[name]
         )
 
+    def in_service(self) -> dict[str, bool]:
+        return {name: self.available(name) for name in self.state}
+
     def snapshot(self) -> dict[str, dict[str, object]]:
         now = self._clock()
         return {
