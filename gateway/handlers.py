@@ -32,7 +32,7 @@ from gateway.appkeys import (
 from gateway.limiter.redis import RedisLimiter
 from gateway.relay import relay_json, relay_stream
 from gateway.stages.context_length import fit_context
-from gateway.stages.safety import answer_text, conversation_of
+from gateway.stages.safety import conversation_of
 from gateway.stages.translate import translate
 from gateway.stages.validate import read_chat_request
 from gateway.upstream.client import JsonAnswer
@@ -87,10 +87,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if isinstance(answer, JsonAnswer):
             ctx.usage = answer.usage
             if decision.safety_model and decision.safety and decision.safety.check_output:
-                text = answer_text(answer.body)
-                if text:
-                    said = [*conversation, {"role": "assistant", "content": text}]
-                    await app[SAFETY].check(decision.safety_model, decision.safety, said, ctx)
+                await app[SAFETY].check_answer(
+                    decision.safety_model, decision.safety, conversation, answer.body, ctx
+                )
             return relay_json(answer, ctx)
         try:
             return await relay_stream(request, answer, ctx, client_wants_usage)

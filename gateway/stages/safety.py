@@ -61,6 +61,20 @@ class SafetyStage:
                 f"The safety model classified this content as unsafe (categories: {listed})."
             )
 
+    async def check_answer(
+        self,
+        safety_model: str,
+        policy: SafetyPolicy,
+        conversation: list[dict[str, str]],
+        answer: bytes,
+        ctx: RequestContext,
+    ) -> None:
+        """The same check on a whole answer, as the conversation's last turn."""
+        text = answer_text(answer)
+        if text:
+            said = [*conversation, {"role": "assistant", "content": text}]
+            await self.check(safety_model, policy, said, ctx)
+
     async def _classify(
         self, safety_model: str, conversation: list[dict[str, str]], ctx: RequestContext
     ) -> tuple[str, list[str]]:
