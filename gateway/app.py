@@ -185,9 +185,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
         return _error_response(ctx, InternalError("The gateway failed on its own; this is a bug."))
     finally:
-        _access_line(request, ctx)
-        write_audit(request.app[AUDIT], request, ctx)
+        _access_line(request, ctx, api)
         if api:
+            # Probes and scrapes (/healthz, /readyz, /metrics) are not requests to audit.
+            write_audit(request.app[AUDIT], request, ctx)
             metrics.in_flight.dec()
             if request.match_info.route.resource is not None:
                 _count(metrics, ctx)
@@ -230,9 +231,10 @@ def _count(metrics: GatewayMetrics, ctx: RequestContext) -> None:
         metrics.tokens.labels(team, model, "completion").inc(ctx.usage.completion_tokens)
 
 
-def _access_line(request: web.Request, ctx: RequestContext) -> None:
+def _access_line(request: web.Request, ctx: RequestContext, api: bool) -> None:
     usage = ctx.usage
-    request.app[LOG].info(
+    log = request.app[LOG]
+    (log.info if api else log.debug)(
         "request",
         request_id=ctx.request_id,
         method=request.method,

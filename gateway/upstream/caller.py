@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 from gateway.config import RetryConfig
 from gateway.context import RequestContext
@@ -119,6 +120,8 @@ class UpstreamCaller:
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
         state = self._health.state[target.upstream_name]
         state.outstanding += 1
+        duration = self._metrics.upstream_attempt_duration
+        started = time.perf_counter()
         try:
             answer = await self._client.attempt(
                 target,
@@ -130,7 +133,9 @@ class UpstreamCaller:
             )
         except BaseException:
             state.outstanding -= 1
+            duration.labels(target.upstream_name, "error").observe(time.perf_counter() - started)
             raise
+        duration.labels(target.upstream_name, "ok").observe(time.perf_counter() - started)
         if isinstance(answer, StreamAnswer):
             answer.on_close.append(state.ended)
         else:

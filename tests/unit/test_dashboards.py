@@ -1,0 +1,259 @@
+"""The Grafana dashboards query only metrics the gateway exports, and the provisioning files
+load them from where compose mounts them.
+
+The exported set comes from a real gateway: the app is built from the test config, serves
+one request, and its `GET /metrics` is parsed with prometheus_client's own parser. Every
+metric family is listed there (labelled ones with no sample yet too, by their HELP and TYPE
+lines), so a metric counts as exported even if this one request did not touch it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import build_app
+from tests.conftest import RunningUpstream, auth, chat_body, config_dict, make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+PROVISIONING = ROOT / "grafana" / "provisioning"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+
+_METRIC = re.compile(r"\bllm_gateway_[A-Za-z0-9_]*")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+# The sample names Prometheus stores for one metric family of each type.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "untyped": ("",),
+    "info": ("_info",),
+    "stateset": ("",),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+}
+
+
+def _dashboard(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def panel_expressions(dashboard: dict[str, Any]) -> list[str]:
+    """Every `expr` of every target, in panels and in the panels of rows."""
+    return [
+        node["expr"]
+        for node in _walk(dashboard.get("panels", []))
+        if isinstance(node.get("expr"), str)
+    ]
+
+
+def template_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every query of a templating variable (Grafana stores a string or, since 10, an
+    object with `query`, besides the `definition` shown in the editor)."""
+    queries = []
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        for text in (query, variable.get("definition")):
+            if isinstance(text, str) and text:
+                queries.append(text)
+    return queries
+
+
+def metric_names(expr: str) -> set[str]:
+    """The gateway metric names a PromQL expression selects (label values and other string
+    literals left out)."""
+    return set(_METRIC.findall(_STRING.sub('""', expr)))
+
+
+def exported_samples(exposition: str) -> dict[str, str]:
+    """Every sample name the exposition's metric families produce, to the family name."""
+    samples: dict[str, str] = {}
+    for family in text_string_to_metric_families(exposition):
+        for suffix in _SUFFIXES[family.type]:
+            samples[family.name + suffix] = family.name
+        for sample in family.samples:
+            samples[sample.name] = family.name
+    return samples
+
+
+def unknown_metrics(exprs: list[str], exported: dict[str, str]) -> dict[str, str]:
+    """Each referenced name the gateway does not export, to the expression using it."""
+    return {name: expr for expr in exprs for name in metric_names(expr) if name not in exported}
+
+
+@pytest.fixture
+async def exposition(upstream: RunningUpstream) -> str:
+    config = make_config(config_dict(upstream.url))
+    client = TestClient(TestServer(build_app(config)))
+    await client.start_server()
+    try:
+        answer = await client.post("/v1/chat/completions", json=chat_body(), headers=auth())
+        assert answer.status == 200, await answer.text()
+        metrics = await client.get("/metrics")
+        assert metrics.status == 200
+        return await metrics.text()
+    finally:
+        await client.close()
+
+
+def test_there_are_dashboards_with_queries() -> None:
+    assert DASHBOARDS, "no grafana/dashboards/*.json"
+    for path in DASHBOARDS:
+        dashboard = _dashboard(path)
+        exprs = panel_expressions(dashboard)
+        assert exprs, f"{path.name}: no panel queries"
+        for expr in exprs + template_queries(dashboard):
+            assert metric_names(expr), f"{path.name}: a query selects no gateway metric: {expr}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+async def test_dashboard_queries_only_exported_metrics(path: Path, exposition: str) -> None:
+    exported = exported_samples(exposition)
+    dashboard = _dashboard(path)
+    exprs = panel_expressions(dashboard) + template_queries(dashboard)
+    unknown = unknown_metrics(exprs, exported)
+    assert not unknown, "\n".join(
+        f"{explain(name, exported)}; in: {expr}" for name, expr in sorted(unknown.items())
+    )
+
+
+def explain(name: str, exported: dict[str, str]) -> str:
+    """Why a name is not exported: a family queried without its type's suffix (a counter
+    without `_total`, a histogram without `_bucket`...), or no such family at all."""
+    family = name
+    for suffix in ("_bucket", "_count", "_sum", "_total", "_created"):
+        if name.endswith(suffix):
+            family = name.removesuffix(suffix)
+            break
+    for candidate in (name, family):
+        samples = sorted(s for s, f in exported.items() if f == candidate)
+        if samples:
+            return f"{name}: family {candidate} is exported as {', '.join(samples)}"
+    return f"{name}: the gateway exports no such metric"
+
+
+async def test_the_exported_set_is_what_the_checker_expects(exposition: str) -> None:
+    """The check itself: it knows the suffixes of each family type, and would catch a
+    misspelled name, a counter without `_total` and a histogram queried as a plain name."""
+    exported = exported_samples(exposition)
+    for name in (
+        "llm_gateway_requests_total",
+        "llm_gateway_request_duration_seconds_bucket",
+        "llm_gateway_request_duration_seconds_count",
+        "llm_gateway_request_duration_seconds_sum",
+        "llm_gateway_time_to_first_token_seconds_bucket",
+        "llm_gateway_upstream_attempt_duration_seconds_bucket",
+        "llm_gateway_tokens_total",
+        "llm_gateway_requests_in_flight",
+        "llm_gateway_rate_limited_requests_total",
+        "llm_gateway_rate_limiter_errors_total",
+        "llm_gateway_rate_limiter_fail_open_total",
+        "llm_gateway_upstream_retries_total",
+        "llm_gateway_upstream_retries_over_budget_total",
+        "llm_gateway_upstream_ejections_total",
+        "llm_gateway_upstream_healthy",
+        "llm_gateway_safety_verdicts_total",
+    ):
+        assert name in exported, name
+    bad = [
+        'sum(rate(llm_gateway_request_total{team=~"$team"}[5m]))',
+        "rate(llm_gateway_requests[5m])",
+        "llm_gateway_request_duration_seconds",
+        "llm_gateway_requests_in_flight_total",
+    ]
+    assert set(unknown_metrics(bad, exported)) == {
+        "llm_gateway_request_total",
+        "llm_gateway_requests",
+        "llm_gateway_request_duration_seconds",
+        "llm_gateway_requests_in_flight_total",
+    }
+    # Label values are not metric names.
+    assert metric_names('x{job="llm_gateway_nothing"} + llm_gateway_upstream_healthy') == {
+        "llm_gateway_upstream_healthy"
+    }
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_shape(path: Path) -> None:
+    """What Grafana needs to load it as provisioned: a uid, unique panel ids, a grid
+    position for every panel, the provisioned datasource everywhere, team and model
+    variables."""
+    dashboard = _dashboard(path)
+    assert dashboard["uid"] and dashboard["title"]
+    assert dashboard["schemaVersion"] >= 36
+    panels = [
+        node
+        for node in _walk(dashboard["panels"])
+        if "gridPos" in node and "type" in node and "id" in node
+    ]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "prometheus", panel["title"]
+            assert target["refId"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("team", "model"):
+        assert variables[name]["datasource"]["uid"] == "prometheus"
+        assert any(
+            query.startswith("label_values(") and query.rstrip(")").endswith(name)
+            for query in template_queries({"templating": {"list": [variables[name]]}})
+        ), name
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    sources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yaml").read_text())
+    [source] = sources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["uid"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "dashboards.yaml").read_text())
+    [provider] = providers["providers"]
+    assert provider["type"] == "file"
+    folder = provider["options"]["path"]
+    assert folder == "/var/lib/grafana/dashboards"
+
+    # compose mounts grafana/dashboards (the files above) exactly there, and the
+    # provisioning folder where Grafana reads it.
+    compose = yaml.safe_load(COMPOSE.read_text())
+    mounts = {}
+    for volume in compose["services"]["grafana"]["volumes"]:
+        source_path, target, *_ = volume.split(":")
+        mounts[target] = (COMPOSE.parent / source_path).resolve()
+    assert mounts[folder] == (ROOT / "grafana" / "dashboards").resolve()
+    assert mounts["/etc/grafana/provisioning"] == PROVISIONING.resolve()
+
+
+def test_prometheus_scrapes_the_gateway() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["gateway:8080"]
+    assert job.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
