@@ -56,8 +56,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     policies = app[POLICIES]
     ctx.policies = policies.policies_of(team.name)
+    ctx.hipaa = policies.under_hipaa(team.name, chat)
     decision = policies.apply(team.name, route, chat)
-    route, ctx.hipaa = decision.route, decision.hipaa
+    route = decision.route
     if decision.clamped:
         ctx.response_headers["x-gateway-clamped-params"] = ",".join(decision.clamped)
     truncated = fit_context(route, chat)

@@ -42,6 +42,10 @@ class PolicyStage:
     def policies_of(self, team: str) -> tuple[str, ...]:
         return self._teams[team].names
 
+    def under_hipaa(self, team: str, request: ChatCompletionRequest) -> bool:
+        """Known before anything else is decided, so even a refusal is audited as HIPAA."""
+        return self._teams[team].force_hipaa or request.compliance == "hipaa"
+
     def apply(self, team: str, route: Route, request: ChatCompletionRequest) -> PolicyDecision:
         policy = self._teams[team]
         if policy.allowed_models is not None and route.model not in policy.allowed_models:
@@ -62,7 +66,7 @@ class PolicyStage:
                 setattr(request, param, value)
         clamped = self._caps(policy, request)
 
-        hipaa = policy.force_hipaa or request.compliance == "hipaa"
+        hipaa = self.under_hipaa(team, request)
         if hipaa:
             if route.hipaa is None:
                 raise InvalidRequest(
