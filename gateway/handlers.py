@@ -47,6 +47,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     team = app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
     ctx.team = team.name
+    policies = app[POLICIES]
+    ctx.hipaa = policies.forces_hipaa(team.name)
 
     chat = await read_chat_request(request, server.max_body_bytes)
     ctx.stream = chat.is_stream
@@ -54,7 +56,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = app[ROUTER].resolve(team.name, chat.model)
     ctx.model = route.model
 
-    policies = app[POLICIES]
     ctx.policies = policies.policies_of(team.name)
     ctx.hipaa = policies.under_hipaa(team.name, chat)
     decision = policies.apply(team.name, route, chat)

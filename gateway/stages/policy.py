@@ -42,9 +42,13 @@ class PolicyStage:
     def policies_of(self, team: str) -> tuple[str, ...]:
         return self._teams[team].names
 
+    def forces_hipaa(self, team: str) -> bool:
+        """Known as soon as the key is, so even a refusal of the request is audited as
+        HIPAA."""
+        return self._teams[team].force_hipaa
+
     def under_hipaa(self, team: str, request: ChatCompletionRequest) -> bool:
-        """Known before anything else is decided, so even a refusal is audited as HIPAA."""
-        return self._teams[team].force_hipaa or request.compliance == "hipaa"
+        return self.forces_hipaa(team) or request.compliance == "hipaa"
 
     def apply(self, team: str, route: Route, request: ChatCompletionRequest) -> PolicyDecision:
         policy = self._teams[team]

@@ -12,6 +12,7 @@ request (503) or lets it proceed, as the policy says; proceeding is counted.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic_core import from_json
@@ -25,6 +26,8 @@ from gateway.stages.route import Router
 from gateway.stages.translate import translate
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import JsonAnswer
+
+_CATEGORY = re.compile(r"S\d{1,2}")
 
 
 class SafetyStage:
@@ -105,7 +108,10 @@ def parse_verdict(answer: Any) -> tuple[str, list[str]]:
     if verdict == "safe":
         return "safe", []
     if verdict == "unsafe":
-        return "unsafe", [c.strip() for c in rest.replace("\n", ",").split(",") if c.strip()]
+        # Only Llama Guard's category codes are kept: anything else a classifier says may
+        # quote the content, which must not reach an error body.
+        codes = [c.strip() for c in rest.replace("\n", ",").split(",")]
+        return "unsafe", [c for c in codes if _CATEGORY.fullmatch(c)]
     raise UpstreamUnavailable("The safety model's answer is not a verdict.")
 
 

@@ -199,3 +199,17 @@ async def test_truncation_is_done_by_the_gateway_for_upstreams_that_cannot(
     assert status == 200
     assert "context_length_exceeded_behavior" not in sent  # enforced here, not sent
     assert len(sent["messages"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "status"), [({"temperature": 7}, 400), ({"model": "nope"}, 404)]
+)
+async def test_refusals_of_a_team_under_forced_hipaa_are_audited_as_hipaa(
+    start_gateway: StartGateway, upstream: RunningUpstream, params: dict[str, Any], status: int
+) -> None:
+    gateway = await start_with_policy(start_gateway, upstream, {"compliance": {"force": "hipaa"}})
+
+    got, _, _ = await post(gateway, chat_body(**params))
+
+    assert got == status
+    assert gateway.log_records("audit")[-1]["compliance"] == "hipaa"

@@ -167,3 +167,17 @@ async def test_streamed_answers_are_checked_on_input_only(
         assert (await resp.read()).endswith(b"data: [DONE]\n\n")
 
     assert len(guard.state.requests) == 1
+
+
+async def test_only_category_codes_of_a_verdict_reach_the_client(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, body = await post(
+        gateway, model=OPENAI_MODEL, messages=said("UNSAFE:patient-john-doe-ssn-123")
+    )
+
+    assert status == 400
+    assert "patient" not in body["error"]["message"]
+    assert "categories: unspecified" in body["error"]["message"]
