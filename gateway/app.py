@@ -232,21 +232,12 @@ def _count(metrics: GatewayMetrics, ctx: RequestContext) -> None:
 
 
 def _access_line(request: web.Request, ctx: RequestContext, api: bool) -> None:
-    usage = ctx.usage
     log = request.app[LOG]
     (log.info if api else log.debug)(
         "request",
-        request_id=ctx.request_id,
+        **ctx.summary(),
         method=request.method,
         path=request.path if request.match_info.route.resource is not None else "(unknown)",
-        team=ctx.team,
-        model=ctx.model,
-        upstream=ctx.upstream,
         stream=ctx.stream,
-        status=ctx.status,
-        outcome=ctx.outcome,
-        latency_ms=round(ctx.elapsed_ms(), 3),
         first_byte_ms=None if ctx.first_byte is None else round(ctx.first_byte, 3),
-        prompt_tokens=None if usage is None else usage.prompt_tokens,
-        completion_tokens=None if usage is None else usage.completion_tokens,
     )

@@ -39,3 +39,18 @@ class RequestContext:
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
+
+    def summary(self) -> dict[str, object]:
+        """The fields the access line and the audit line share: never content, never keys."""
+        usage = self.usage
+        return {
+            "request_id": self.request_id,
+            "team": self.team,
+            "model": self.model,
+            "upstream": self.upstream,
+            "status": self.status,
+            "outcome": self.outcome,
+            "latency_ms": round(self.elapsed_ms(), 3),
+            "prompt_tokens": None if usage is None else usage.prompt_tokens,
+            "completion_tokens": None if usage is None else usage.completion_tokens,
+        }

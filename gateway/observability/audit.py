@@ -12,20 +12,11 @@ from gateway.context import RequestContext
 
 
 def write_audit(log: FilteringBoundLogger, request: web.Request, ctx: RequestContext) -> None:
-    usage = ctx.usage
     log.info(
         "audit",
-        request_id=ctx.request_id,
-        team=ctx.team,
-        model=ctx.model,
-        upstream=ctx.upstream,
-        attempts=ctx.attempts,
+        **ctx.summary(),
         method=request.method,
-        status=ctx.status,
-        outcome=ctx.outcome,
-        latency_ms=round(ctx.elapsed_ms(), 3),
-        prompt_tokens=None if usage is None else usage.prompt_tokens,
-        completion_tokens=None if usage is None else usage.completion_tokens,
+        attempts=ctx.attempts,
         policies=list(ctx.policies),
         compliance="hipaa" if ctx.hipaa else "none",
         safety_verdict=ctx.safety_verdict,

@@ -25,6 +25,7 @@ from gateway.testing.fake_upstream import (
     EchoAnswer,
     FakeUpstream,
     RecordedRequest,
+    play_fault,
     text_of,
 )
 
@@ -56,17 +57,8 @@ async def anthropic_messages(state: FakeUpstream, request: web.Request) -> web.S
 
     if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
         return _error(401, "invalid x-api-key")
-    if behavior.reset:
-        assert request.transport is not None
-        request.transport.abort()
-        return web.Response(status=500)
-    if behavior.hang:
-        await asyncio.Event().wait()
-    if behavior.status is not None:
-        if behavior.delay:
-            await asyncio.sleep(behavior.delay)
-        extra = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
-        return _error(behavior.status, f"fake upstream error {behavior.status}", headers=extra)
+    if (status := await play_fault(behavior, request)) is not None:
+        return _error(status, f"fake upstream error {status}", headers=behavior.headers())
     if "anthropic-version" not in headers:
         return _error(400, "anthropic-version: header is required")
     if not isinstance(body.get("messages"), list):

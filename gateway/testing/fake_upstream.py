@@ -41,6 +41,10 @@ class Behavior:
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
 
+    def headers(self) -> dict[str, str] | None:
+        """Headers of the error answer (Retry-After)."""
+        return {"Retry-After": self.retry_after} if self.retry_after else None
+
     @classmethod
     def parse(cls, text: str, base: Behavior | None = None) -> Behavior:
         behavior = base or cls()
@@ -67,6 +71,20 @@ class Behavior:
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
+
+
+async def play_fault(behavior: Behavior, request: web.Request) -> int | None:
+    """The fault to play before answering: drops the connection, hangs, or waits and
+    returns the error status to answer with; None to answer normally."""
+    if behavior.reset:
+        assert request.transport is not None
+        request.transport.abort()
+        return 500  # never reaches anyone: the connection is gone
+    if behavior.hang:
+        await asyncio.Event().wait()
+    if behavior.status is not None and behavior.delay:
+        await asyncio.sleep(behavior.delay)
+    return behavior.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +143,8 @@ class FakeUpstream:
             f"Bearer {self.api_key}"
         ):
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
-        if behavior.reset:
-            assert request.transport is not None
-            request.transport.abort()
-            return web.Response(status=500)
-        if behavior.hang:
-            await asyncio.Event().wait()
-        if behavior.status is not None:
-            if behavior.delay:
-                await asyncio.sleep(behavior.delay)
-            extra = {"Retry-After": behavior.retry_after} if behavior.retry_after else None
-            return _error(behavior.status, f"fake upstream error {behavior.status}", headers=extra)
+        if (status := await play_fault(behavior, request)) is not None:
+            return _error(status, f"fake upstream error {status}", headers=behavior.headers())
         if not isinstance(body.get("messages"), list):
             return _error(400, "messages is required", param="messages")
 

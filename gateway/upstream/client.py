@@ -144,11 +144,7 @@ class UpstreamClient:
         except aiohttp.ConnectionTimeoutError:
             raise _unreachable("The upstream could not be reached in time.") from None
         except TimeoutError:
-            raise AttemptFailed(
-                UpstreamTimeout("The upstream did not answer in time."),
-                retryable=False,
-                unhealthy=True,
-            ) from None
+            raise _timed_out("The upstream did not answer in time.") from None
         except aiohttp.ClientError:
             raise _unreachable("The upstream could not be reached.") from None
 
@@ -163,11 +159,7 @@ class UpstreamClient:
                 if len(body) > limit:
                     raise _bad_answer("The upstream's answer exceeded the gateway's size limit.")
         except TimeoutError:
-            raise AttemptFailed(
-                UpstreamTimeout("The upstream stopped sending in time."),
-                retryable=False,
-                unhealthy=True,
-            ) from None
+            raise _timed_out("The upstream stopped sending in time.") from None
         except aiohttp.ClientError:
             raise _unreachable(
                 "The upstream connection broke before the answer was complete."
@@ -205,11 +197,7 @@ class UpstreamClient:
         except EventTooLarge:
             raise _bad_answer("The upstream sent an event larger than allowed.") from None
         except TimeoutError:
-            raise AttemptFailed(
-                UpstreamTimeout("The upstream sent nothing in time."),
-                retryable=False,
-                unhealthy=True,
-            ) from None
+            raise _timed_out("The upstream sent nothing in time.") from None
         except aiohttp.ClientError:
             raise _unreachable("The upstream connection broke before the first event.") from None
         return StreamAnswer(first, events, response)
@@ -260,6 +248,11 @@ async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
         unhealthy=status >= 500,
         retry_after_s=parse_retry_after(retry_after),
     )
+
+
+def _timed_out(message: str) -> AttemptFailed:
+    # Not retried: another attempt could double the wait the timeout was meant to bound.
+    return AttemptFailed(UpstreamTimeout(message), retryable=False, unhealthy=True)
 
 
 def _unreachable(message: str) -> AttemptFailed:
