@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,26 @@ class RunningGateway:
         return [r for r in records if event is None or r["event"] == event]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[RunningUpstream]:
+@asynccontextmanager
+async def serve_fake_upstream() -> AsyncIterator[RunningUpstream]:
     state = FakeUpstream(api_key=UPSTREAM_KEY)
     server = TestServer(state.app())
     await server.start_server()  # TestServer cancels handlers of departed clients
     yield RunningUpstream(state, server)
     await server.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RunningUpstream]:
+    async with serve_fake_upstream() as running:
+        yield running
+
+
+@pytest.fixture
+async def spare_upstream() -> AsyncIterator[RunningUpstream]:
+    """A second fake upstream, for a model's other upstream or a safety model's own."""
+    async with serve_fake_upstream() as running:
+        yield running
 
 
 StartGateway = Callable[..., Awaitable[RunningGateway]]

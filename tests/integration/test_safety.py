@@ -5,18 +5,15 @@ forwarded instead; a classifier that is down refuses or proceeds, as the policy 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from gateway.testing.fake_upstream import Behavior, FakeUpstream
+from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     MODEL,
     OPENAI_MODEL,
-    UPSTREAM_KEY,
     RunningGateway,
     RunningUpstream,
     StartGateway,
@@ -29,13 +26,9 @@ GUARD = "llama-guard-test"
 
 
 @pytest.fixture
-async def guard() -> AsyncIterator[RunningUpstream]:
+def guard(spare_upstream: RunningUpstream) -> RunningUpstream:
     """The safety model's own upstream (the fake answers like Llama Guard for "guard")."""
-    state = FakeUpstream(api_key=UPSTREAM_KEY)
-    server = TestServer(state.app())
-    await server.start_server()
-    yield RunningUpstream(state, server)
-    await server.close()
+    return spare_upstream
 
 
 async def start(

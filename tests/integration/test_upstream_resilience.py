@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
-from gateway.testing.fake_upstream import Behavior, FakeUpstream
+from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     MODEL,
-    UPSTREAM_KEY,
     UPSTREAM_MODEL,
     RunningGateway,
     RunningUpstream,
@@ -29,12 +26,8 @@ from tests.conftest import (
 
 
 @pytest.fixture
-async def second() -> AsyncIterator[RunningUpstream]:
-    state = FakeUpstream(api_key=UPSTREAM_KEY)
-    server = TestServer(state.app())
-    await server.start_server()
-    yield RunningUpstream(state, server)
-    await server.close()
+def second(spare_upstream: RunningUpstream) -> RunningUpstream:
+    return spare_upstream
 
 
 def two_upstreams(
