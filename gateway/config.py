@@ -102,6 +102,16 @@ class UpstreamConfig(BaseModel):
     # Covered by a business associate agreement: may receive requests under HIPAA (which
     # also require https, see security.allow_plaintext_loopback_hipaa).
     hipaa_eligible: bool = False
+    # PEM bundle of the CAs that sign this upstream's certificate (an internal CA);
+    # without it, the system's trust store. Certificates are always verified.
+    ca_file: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable_ca(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
 
     @field_validator("api_key_env", mode="before")
     @classmethod

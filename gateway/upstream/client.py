@@ -13,6 +13,7 @@ Timeouts per upstream: `connect`; `first_byte`, from sending to the response hea
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,8 @@ class _Endpoint:
     headers: CIMultiDict[str]
     timeout: aiohttp.ClientTimeout
     first_byte: float
+    # A context trusting the upstream's own CA, or True: the default, verifying context.
+    ssl: ssl.SSLContext | bool
 
 
 class UpstreamClient:
@@ -103,6 +106,9 @@ class UpstreamClient:
                     sock_read=upstream.timeouts.idle,
                 ),
                 first_byte=upstream.timeouts.first_byte,
+                ssl=ssl.create_default_context(cafile=upstream.ca_file)
+                if upstream.ca_file
+                else True,
             )
 
     @property
@@ -139,10 +145,17 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(endpoint.first_byte):
                 return await self._session.post(
-                    endpoint.url, data=body, headers=headers, timeout=endpoint.timeout
+                    endpoint.url,
+                    data=body,
+                    headers=headers,
+                    timeout=endpoint.timeout,
+                    ssl=endpoint.ssl,
                 )
         except aiohttp.ConnectionTimeoutError:
             raise _unreachable("The upstream could not be reached in time.") from None
+        except aiohttp.ClientSSLError:
+            # Never retried without verification; another upstream may still serve it.
+            raise _unreachable("The upstream's TLS certificate was not accepted.") from None
         except TimeoutError:
             raise _timed_out("The upstream did not answer in time.") from None
         except aiohttp.ClientError:
