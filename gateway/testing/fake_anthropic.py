@@ -14,7 +14,6 @@ Faults are the shared `Behavior`s; `stream_error=<status>` sends Anthropic's own
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -92,32 +91,13 @@ async def _stream(
     input_tokens: int,
     behavior: Behavior,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    sent_content = 0
-    try:
-        for kind, data in _events(answer, input_tokens):
-            if behavior.delay:
-                await asyncio.sleep(behavior.delay)
-            if behavior.abort_after is not None and sent_content >= behavior.abort_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            if behavior.stall_after is not None and sent_content >= behavior.stall_after:
-                await asyncio.Event().wait()
-            if behavior.stream_error is not None and sent_content >= behavior.error_after:
-                await response.write(_event("error", _error_body(behavior.stream_error)))
-                await response.write_eof()
-                return response
-            await response.write(_event(kind, data))
-            if kind == "content_block_delta":
-                sent_content += 1
-        await response.write_eof()
-    except (asyncio.CancelledError, ConnectionResetError):
-        state.disconnected.append(request.headers.get("x-request-id", ""))
-        raise
-    state.completed_streams += 1
-    return response
+    events = (
+        (_event(kind, data), kind == "content_block_delta")
+        for kind, data in _events(answer, input_tokens)
+    )
+    return await state.play_stream(
+        request, behavior, events, lambda status: _event("error", _error_body(status))
+    )
 
 
 def _events(answer: EchoAnswer, input_tokens: int) -> list[tuple[str, dict[str, Any]]]:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -156,12 +157,31 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior
     ) -> web.StreamResponse:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = (
+            (
+                b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                bool(chunk["choices"] and chunk["choices"][0]["delta"].get("content")),
+            )
+            for chunk in answer.chunks(include_usage)
+        )
+        return await self.play_stream(request, behavior, events, _stream_error, b"data: [DONE]\n\n")
+
+    async def play_stream(
+        self,
+        request: web.Request,
+        behavior: Behavior,
+        events: Iterable[tuple[bytes, bool]],
+        error_event: Callable[[int], bytes],
+        tail: bytes = b"",
+    ) -> web.StreamResponse:
+        """Streams `events` (each with whether it carries content) and then `tail`, playing
+        the behavior's stream faults, and counts completed streams and clients that left."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         sent_content = 0
         try:
-            for chunk in answer.chunks(include_usage):
+            for event, content in events:
                 if behavior.delay:
                     await asyncio.sleep(behavior.delay)
                 if behavior.abort_after is not None and sent_content >= behavior.abort_after:
@@ -171,13 +191,13 @@ class FakeUpstream:
                 if behavior.stall_after is not None and sent_content >= behavior.stall_after:
                     await asyncio.Event().wait()
                 if behavior.stream_error is not None and sent_content >= behavior.error_after:
-                    await response.write(_stream_error(behavior.stream_error))
+                    await response.write(error_event(behavior.stream_error))
                     await response.write_eof()
                     return response
-                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    sent_content += 1
-            await response.write(b"data: [DONE]\n\n")
+                await response.write(event)
+                sent_content += content
+            if tail:
+                await response.write(tail)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnected.append(request.headers.get("x-request-id", ""))
