@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
@@ -152,6 +153,31 @@ async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
     sdk = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
     yield sdk
     await sdk.close()
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def post_chat(
+    gateway: RunningGateway, body: Any, headers: dict[str, str] | None = None
+) -> Reply:
+    """POST /v1/chat/completions with the team key (unless `headers` say otherwise)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers=auth() if headers is None else headers,
+        ) as resp,
+    ):
+        return Reply(resp.status, dict(resp.headers), await resp.read())
 
 
 def chat_body(**params: Any) -> dict[str, Any]:

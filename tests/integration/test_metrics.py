@@ -25,6 +25,7 @@ from tests.conftest import (
     auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 P = "llm_gateway_"
@@ -87,13 +88,8 @@ def labels(**values: str) -> Labels:
 async def post(
     gateway: RunningGateway, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions", json=body, headers=headers or {}
-        ) as resp,
-    ):
-        return resp.status, await resp.read()
+    reply = await post_chat(gateway, body, headers or {})
+    return reply.status, reply.body
 
 
 def stream_usage(raw: bytes) -> dict[str, int]:

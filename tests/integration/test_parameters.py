@@ -14,11 +14,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.contract import ChatCompletionRequest
-from tests.conftest import MODEL, UPSTREAM_MODEL, RunningGateway, RunningUpstream, auth, chat_body
+from tests.conftest import (
+    MODEL,
+    UPSTREAM_MODEL,
+    RunningGateway,
+    RunningUpstream,
+    chat_body,
+    post_chat,
+)
 
 # The parameter names of the seed contract, in its order.
 SEED_PARAMETERS = (
@@ -365,11 +371,8 @@ OUTSIDE = [
 
 async def post(gateway: RunningGateway, sent: dict[str, Any]) -> tuple[int, str]:
     body = {key: value for key, value in chat_body(**sent).items() if value is not ABSENT}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{gateway.url}/v1/chat/completions", headers=auth(), json=body) as response,
-    ):
-        return response.status, await response.text()
+    reply = await post_chat(gateway, body)
+    return reply.status, reply.body.decode()
 
 
 @pytest.mark.parametrize("case", INSIDE, ids=lambda case: case.id)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.accounting import estimate_prompt_tokens
@@ -18,9 +17,9 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
-    auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 
@@ -34,11 +33,8 @@ async def start_with_policy(
 
 
 async def post(gateway: RunningGateway, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{gateway.url}/v1/chat/completions", json=body, headers=auth()) as resp,
-    ):
-        return resp.status, dict(resp.headers), await resp.json()
+    reply = await post_chat(gateway, body)
+    return reply.status, reply.headers, reply.json()
 
 
 @pytest.mark.parametrize(

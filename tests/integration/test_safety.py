@@ -20,6 +20,7 @@ from tests.conftest import (
     auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 GUARD = "llama-guard-test"
@@ -51,13 +52,8 @@ async def start(
 
 
 async def post(gateway: RunningGateway, **params: Any) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions", json=chat_body(**params), headers=auth()
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
+    reply = await post_chat(gateway, chat_body(**params))
+    return reply.status, reply.json()
 
 
 def said(text: str) -> list[dict[str, str]]:

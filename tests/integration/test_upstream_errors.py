@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -19,18 +18,15 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
-    auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 
 async def post(gateway: RunningGateway, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{gateway.url}/v1/chat/completions", json=body, headers=auth()) as resp,
-    ):
-        return resp.status, dict(resp.headers), await resp.json()
+    reply = await post_chat(gateway, body)
+    return reply.status, reply.headers, reply.json()
 
 
 def assert_openai_error(body: Any) -> dict[str, Any]:

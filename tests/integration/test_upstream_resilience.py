@@ -22,6 +22,7 @@ from tests.conftest import (
     auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 
@@ -45,13 +46,8 @@ def two_upstreams(
 
 
 async def post(gateway: RunningGateway, **params: Any) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions", json=chat_body(**params), headers=auth()
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
+    reply = await post_chat(gateway, chat_body(**params))
+    return reply.status, reply.json()
 
 
 async def readyz(gateway: RunningGateway) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import trustme
 from aiohttp.test_utils import TestServer
@@ -22,9 +21,9 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
-    auth,
     chat_body,
     config_dict,
+    post_chat,
 )
 
 
@@ -69,13 +68,8 @@ async def start(
 
 
 async def post(gateway: RunningGateway, **params: Any) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions", json=chat_body(**params), headers=auth()
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
+    reply = await post_chat(gateway, chat_body(**params))
+    return reply.status, reply.json()
 
 
 def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
