@@ -3,6 +3,7 @@ it, and the official `openai` SDK pointed at the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
@@ -178,6 +179,21 @@ async def post_chat(
         ) as resp,
     ):
         return Reply(resp.status, dict(resp.headers), await resp.read())
+
+
+async def wait_ready(url: str, seconds: float = 20.0) -> None:
+    """Until a gateway started as a process answers /readyz with 200."""
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{url}/readyz") as ready:
+                    if ready.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{url} never became ready"
+            await asyncio.sleep(0.05)
 
 
 def chat_body(**params: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +24,7 @@ from tests.conftest import (
     chat_body,
     config_dict,
     free_port,
+    wait_ready,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +50,8 @@ async def test_sigterm_drains_in_flight_streams_and_exits_cleanly(
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        await wait_ready(url)
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with session.get(f"{url}/readyz") as ready:
-                        if ready.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, log.read_text()
-                await asyncio.sleep(0.05)
 
             async def stream(i: int) -> bytes:
                 body = chat_body(
