@@ -14,14 +14,20 @@ OpenAI-compatible servers stream.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.context import Usage
 from gateway.contract import ChatCompletionRequest, StreamOptions, TextPart
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_MEDIA_PART = 85
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:

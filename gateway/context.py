@@ -5,11 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+from gateway.accounting import Usage
 
 
 @dataclass(slots=True)

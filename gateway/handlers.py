@@ -31,6 +31,7 @@ from gateway.appkeys import (
 )
 from gateway.limiter.redis import RedisLimiter
 from gateway.relay import relay_json, relay_stream
+from gateway.routing import CallRecord
 from gateway.stages.context_length import fit_context
 from gateway.stages.safety import conversation_of
 from gateway.stages.translate import translate
@@ -85,7 +86,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         ctx.response_headers.update(admission.headers)
 
     try:
-        answer = await app[UPSTREAMS].call(route, translation, chat.is_stream, ctx)
+        record = CallRecord()
+        try:
+            answer = await app[UPSTREAMS].call(
+                route, translation, chat.is_stream, ctx.request_id, record
+            )
+        finally:
+            ctx.upstream, ctx.attempts = record.upstream, record.attempts
         if isinstance(answer, JsonAnswer):
             ctx.usage = answer.usage
             if decision.safety_model and decision.safety and decision.safety.check_output:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from gateway.accounting import estimate_prompt_tokens
 from gateway.contract import AssistantMessage, ChatCompletionRequest, SystemMessage, ToolMessage
 from gateway.errors import InvalidRequest
-from gateway.stages.route import Route
+from gateway.routing import Route
 
 
 def fit_context(route: Route, request: ChatCompletionRequest) -> int:

@@ -15,7 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.contract import ChatCompletionRequest
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.policies import SafetyPolicy, TeamPolicy, compose
-from gateway.stages.route import Route
+from gateway.routing import Route
 
 _NO_POLICY = TeamPolicy(names=())
 

@@ -9,40 +9,13 @@ request under HIPAA can reach no other upstream, not even on a retry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from gateway.config import GatewayConfig, ModelConfig, SecurityConfig, UpstreamConfig
-from gateway.dialects import DIALECTS, UpstreamDialect
+from gateway.config import GatewayConfig, SecurityConfig, UpstreamConfig
+from gateway.dialects import DIALECTS
 from gateway.dialects.base import GATEWAY_ENFORCED, Fate
 from gateway.errors import ModelNotFound
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """One upstream that serves a model, and the model's name there."""
-
-    upstream_name: str
-    upstream: UpstreamConfig
-    upstream_model: str
-    dialect: UpstreamDialect
-    weight: float
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    model: str  # the public name, whatever alias the client used
-    config: ModelConfig
-    targets: tuple[UpstreamTarget, ...]
-    # Parameters some upstream of the model cannot honour: refused (or dropped) whichever
-    # upstream serves the request, so the answer does not depend on the pick.
-    unsupported: frozenset[str]
-    droppable: frozenset[str]
-    dialects: str  # for messages: "openai", or "openai/vllm" for a mixed model
-    # Gateway-enforced parameters every upstream of the route also takes natively
-    # (Together's safety_model and compliance): forwarded besides being enforced.
-    native: frozenset[str]
-    # The route restricted to HIPAA-eligible upstreams; None when the model has none.
-    hipaa: Route | None = None
+from gateway.routing import Route, UpstreamTarget
 
 
 class Router:

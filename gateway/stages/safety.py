@@ -22,6 +22,7 @@ from gateway.contract import AssistantMessage, ChatCompletionRequest, TextPart, 
 from gateway.errors import ContentPolicyViolation, GatewayError, UpstreamUnavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policies import SafetyPolicy
+from gateway.routing import CallRecord
 from gateway.stages.route import Router
 from gateway.stages.translate import translate
 from gateway.upstream.caller import UpstreamCaller
@@ -91,8 +92,9 @@ class SafetyStage:
         )
         # The classification is its own call: its attempts must not overwrite the
         # request's own upstream in the audit line.
-        call = RequestContext(request_id=ctx.request_id)
-        answer = await self._caller.call(route, translate(route, request), False, call)
+        answer = await self._caller.call(
+            route, translate(route, request), False, ctx.request_id, CallRecord()
+        )
         assert isinstance(answer, JsonAnswer)
         return parse_verdict(from_json(answer.body))
 

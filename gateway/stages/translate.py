@@ -4,22 +4,11 @@ upstreams speak, before admission, so a request that no upstream can honour is r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic_core import to_json
 
 from gateway.contract import ChatCompletionRequest
 from gateway.dialects.base import refuse_or_drop
-from gateway.stages.route import Route, UpstreamTarget
-
-
-@dataclass(frozen=True, slots=True)
-class Translation:
-    bodies: dict[tuple[str, str], bytes]  # by (dialect, upstream model name)
-    dropped: list[str]  # parameters dropped by the model's drop_params
-
-    def body_for(self, target: UpstreamTarget) -> bytes:
-        return self.bodies[target.dialect.name, target.upstream_model]
+from gateway.routing import Route, Translation
 
 
 def translate(route: Route, request: ChatCompletionRequest) -> Translation:
@@ -32,4 +21,4 @@ def translate(route: Route, request: ChatCompletionRequest) -> Translation:
         if key not in bodies:
             body = target.dialect.build_body(request, target.upstream_model, route.model)
             bodies[key] = to_json(body)
-    return Translation(bodies, dropped)
+    return Translation(bodies, tuple(dropped))

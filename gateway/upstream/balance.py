@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.stages.route import Route, UpstreamTarget
+from gateway.routing import Route, UpstreamTarget
 from gateway.upstream.health import HealthBook
 
 

@@ -14,10 +14,8 @@ import random
 import time
 
 from gateway.config import RetryConfig
-from gateway.context import RequestContext
 from gateway.observability.metrics import GatewayMetrics
-from gateway.stages.route import Route, UpstreamTarget
-from gateway.stages.translate import Translation
+from gateway.routing import CallRecord, Route, Translation, UpstreamTarget
 from gateway.upstream.balance import Balancer
 from gateway.upstream.client import AttemptFailed, JsonAnswer, StreamAnswer, UpstreamClient
 from gateway.upstream.health import HealthBook
@@ -46,11 +44,18 @@ class UpstreamCaller:
         return self._client.ready
 
     async def call(
-        self, route: Route, translation: Translation, stream: bool, ctx: RequestContext
+        self,
+        route: Route,
+        translation: Translation,
+        stream: bool,
+        request_id: str,
+        record: CallRecord,
     ) -> JsonAnswer | StreamAnswer:
+        """The answer of the first attempt that succeeds; raises the last failure's
+        GatewayError. `record` names the upstream and attempt of each try as it starts."""
         self.budget.active_calls += 1
         try:
-            answer = await self._attempts(route, translation, stream, ctx)
+            answer = await self._attempts(route, translation, stream, request_id, record)
         except BaseException:
             self.budget.active_calls -= 1
             raise
@@ -64,22 +69,27 @@ class UpstreamCaller:
         self.budget.active_calls -= 1
 
     async def _attempts(
-        self, route: Route, translation: Translation, stream: bool, ctx: RequestContext
+        self,
+        route: Route,
+        translation: Translation,
+        stream: bool,
+        request_id: str,
+        record: CallRecord,
     ) -> JsonAnswer | StreamAnswer:
         tried: set[str] = set()
         failure: AttemptFailed | None = None
         for attempt in range(1, self._config.max_attempts + 1):
             retrying = failure is not None
             if failure is not None:
-                if not self._may_retry(failure, route, ctx):
+                if not self._may_retry(failure, route, record):
                     break
                 wait = backoff_s(attempt - 1, self._config, self._rng, failure.retry_after_s)
                 await asyncio.sleep(wait)
             target = self._balancer.pick(route, tried)
             tried.add(target.upstream_name)
-            ctx.upstream, ctx.attempts = target.upstream_name, attempt
+            record.upstream, record.attempts = target.upstream_name, attempt
             try:
-                answer = await self._attempt(target, route, translation, stream, ctx)
+                answer = await self._attempt(target, route, translation, stream, request_id)
             except AttemptFailed as failed:
                 failure = failed
                 if failed.unhealthy and self._health.record_failure(target.upstream_name):
@@ -93,7 +103,7 @@ class UpstreamCaller:
         assert failure is not None
         raise failure.error
 
-    def _may_retry(self, failure: AttemptFailed, route: Route, ctx: RequestContext) -> bool:
+    def _may_retry(self, failure: AttemptFailed, route: Route, record: CallRecord) -> bool:
         if not failure.retryable:
             return False
         if (
@@ -105,7 +115,7 @@ class UpstreamCaller:
             self._metrics.retries_refused.labels(model=route.model).inc()
             return False
         self._metrics.retries.labels(
-            model=route.model, upstream=ctx.upstream or "", reason=_reason(failure)
+            model=route.model, upstream=record.upstream or "", reason=_reason(failure)
         ).inc()
         return True
 
@@ -115,7 +125,7 @@ class UpstreamCaller:
         route: Route,
         translation: Translation,
         stream: bool,
-        ctx: RequestContext,
+        request_id: str,
     ) -> JsonAnswer | StreamAnswer:
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
         state = self._health.state[target.upstream_name]
@@ -126,7 +136,7 @@ class UpstreamCaller:
             answer = await self._client.attempt(
                 target,
                 translation.body_for(target),
-                ctx.request_id,
+                request_id,
                 route.model,
                 translator,
                 stream,

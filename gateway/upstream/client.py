@@ -21,13 +21,12 @@ import aiohttp
 from multidict import CIMultiDict
 from pydantic_core import from_json, to_json
 
-from gateway.accounting import usage_of
+from gateway.accounting import Usage, usage_of
 from gateway.config import GatewayConfig, ServerConfig
-from gateway.context import Usage
 from gateway.dialects import DIALECTS
 from gateway.dialects.base import StreamTranslator
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, from_upstream
-from gateway.stages.route import UpstreamTarget
+from gateway.routing import UpstreamTarget
 from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
 from gateway.upstream.sse import EventTooLarge, iter_events
 

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from gateway.accounting import (
+    Usage,
     actual_usage,
     ask_for_stream_usage,
     estimate_prompt_tokens,
     reserved_tokens,
 )
-from gateway.context import Usage
 from gateway.stages.validate import parse_chat_request
 
 

@@ -1,0 +1,59 @@
+"""What the stages and the upstream layer share, below both: a model's route (its upstreams
+and what they can honour), the request translated for each of them, and the record of the
+attempts one call made. `stages/` decides these; `upstream/` only reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import ModelConfig, UpstreamConfig
+from gateway.dialects import UpstreamDialect
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One upstream that serves a model, and the model's name there."""
+
+    upstream_name: str
+    upstream: UpstreamConfig
+    upstream_model: str
+    dialect: UpstreamDialect
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    model: str  # the public name, whatever alias the client used
+    config: ModelConfig
+    targets: tuple[UpstreamTarget, ...]
+    # Parameters some upstream of the model cannot honour: refused (or dropped) whichever
+    # upstream serves the request, so the answer does not depend on the pick.
+    unsupported: frozenset[str]
+    droppable: frozenset[str]
+    dialects: str  # for messages: "openai", or "openai/vllm" for a mixed model
+    # Gateway-enforced parameters every upstream of the route also takes natively
+    # (Together's safety_model and compliance): forwarded besides being enforced.
+    native: frozenset[str]
+    # The route restricted to HIPAA-eligible upstreams; None when the model has none.
+    hipaa: Route | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The request's body in each dialect its route's upstreams speak, built once before
+    the first attempt, so retries reuse them."""
+
+    bodies: dict[tuple[str, str], bytes]  # by (dialect, upstream model name)
+    dropped: tuple[str, ...]  # parameters dropped by the model's drop_params
+
+    def body_for(self, target: UpstreamTarget) -> bytes:
+        return self.bodies[target.dialect.name, target.upstream_model]
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Where one upstream call went: written by the upstream caller attempt by attempt, so
+    a call that fails still names its last upstream."""
+
+    upstream: str | None = None
+    attempts: int = 0
