@@ -14,10 +14,11 @@ OpenAI-compatible servers stream.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.contract import ChatCompletionRequest, StreamOptions, TextPart
+from gateway.contract import ChatCompletionRequest, Message, TextPart
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -30,35 +31,37 @@ class Usage:
     completion_tokens: int = 0
 
 
-def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
-    chars = 0
-    tokens = 0
-    for message in request.messages:
-        tokens += TOKENS_PER_MESSAGE
-        content = message.content
-        if isinstance(content, str):
-            chars += len(content)
-        elif content is not None:
-            for part in content:
-                if isinstance(part, TextPart):
-                    chars += len(part.text)
-                else:
-                    tokens += TOKENS_PER_MEDIA_PART
+def message_size(message: Message) -> tuple[int, int]:
+    """A message's fixed tokens (framing, media parts) and its characters of text."""
+    tokens, chars = TOKENS_PER_MESSAGE, 0
+    content = message.content
+    if isinstance(content, str):
+        chars = len(content)
+    elif content is not None:
+        for part in content:
+            if isinstance(part, TextPart):
+                chars += len(part.text)
+            else:
+                tokens += TOKENS_PER_MEDIA_PART
+    return tokens, chars
+
+
+def prompt_tokens(sizes: Iterable[tuple[int, int]]) -> int:
+    """The estimate of a prompt made of messages of these sizes (see `message_size`)."""
+    tokens = chars = 0
+    for fixed, text in sizes:
+        tokens += fixed
+        chars += text
     return tokens + -(-chars // CHARS_PER_TOKEN)
+
+
+def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
+    return prompt_tokens(message_size(message) for message in request.messages)
 
 
 def reserved_tokens(request: ChatCompletionRequest, prompt: int, default_max_tokens: int) -> int:
     """Prompt plus the most the request may generate."""
     return prompt + (request.max_tokens or default_max_tokens) * (request.n or 1)
-
-
-def ask_for_stream_usage(request: ChatCompletionRequest) -> bool:
-    """Make a streamed request ask its upstream for a final usage chunk, so the stream can
-    be charged exactly; returns whether the client itself asked for that chunk."""
-    wanted = bool(request.stream_options and request.stream_options.include_usage)
-    if request.is_stream and not wanted:
-        request.stream_options = StreamOptions(include_usage=True)
-    return wanted
 
 
 def actual_usage(reported: Usage | None, prompt_estimate: int, content_events: int) -> Usage:

@@ -1,10 +1,10 @@
-"""Application assembly: `build_app(config)` wires the stages, the shared upstream session
-and the routes; `request_middleware` gives every request its id and context, answers every
-error in the OpenAI shape and writes one access line per request."""
+"""Application assembly: `build_app(config)` wires the shared parts (upstream session,
+limiter, health, metrics), builds the request paths as ordered lists of stages, once, and
+adds the routes; `request_middleware` gives every request its id and exchange, answers
+aiohttp's own refusals in the OpenAI shape and writes one access line per request."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -13,26 +13,23 @@ from typing import TextIO
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from structlog.typing import FilteringBoundLogger
 
 from gateway import handlers
 from gateway.appkeys import (
-    AUDIT,
-    AUTHENTICATOR,
+    CHAT,
     CONFIG,
+    EXCHANGE,
     HEALTH,
     LIMITER,
     LOG,
     METRICS,
-    POLICIES,
-    RATE_LIMITS,
-    REQUEST_CONTEXT,
-    ROUTER,
-    SAFETY,
+    MODEL_INFO,
+    MODEL_LIST,
     TASKS,
     UPSTREAMS,
 )
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -44,27 +41,29 @@ from gateway.errors import (
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
-from gateway.observability.audit import write_audit
 from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
-from gateway.observability.metrics import (
-    NONE,
-    GatewayMetrics,
-    UpstreamHealthCollector,
-    status_class,
-)
+from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
+from gateway.pipeline import Exchange, Pipeline, Stage, error_response
+from gateway.stages.audit import Audit
 from gateway.stages.auth import Authenticator
+from gateway.stages.context_length import ContextLength
+from gateway.stages.metrics import Metrics
+from gateway.stages.models import ModelInfo, ModelList
 from gateway.stages.policy import PolicyStage
 from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.relay import Relay
 from gateway.stages.route import Router
-from gateway.stages.safety import SafetyStage
+from gateway.stages.safety import AnswerCheck, SafetyCheck, SafetyModel
+from gateway.stages.translate import Translator
+from gateway.stages.upstream import CallUpstream
+from gateway.stages.validate import Validator
 from gateway.tasks import BackgroundTasks
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health import HealthBook
 
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# nginx's code for "the client closed the connection before the answer".
-CLIENT_CLOSED = 499
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
 
 
 def build_app(
@@ -81,15 +80,11 @@ def build_app(
         handler_args={"max_field_size": 16 * 1024},
     )
     app[CONFIG] = config
-    app[AUTHENTICATOR] = Authenticator(config)
-    app[ROUTER] = Router(config)
     app[LOG] = make_logger(config.server, log_stream)
-    app[AUDIT] = make_audit_logger(config.server, log_stream)
-    app[POLICIES] = PolicyStage(config)
+    app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIMITER] = limiter or _limiter_backend(config)
-    app[RATE_LIMITS] = RateLimitStage(config, app[LIMITER], app[TASKS], app[LOG], app[METRICS])
     app[HEALTH] = HealthBook(
         config.health,
         {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
@@ -97,13 +92,42 @@ def build_app(
     app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
-    app.on_response_prepare.append(_add_request_id)
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_get("/v1/models", handlers.list_models)
+    app.on_response_prepare.append(_add_exchange_headers)
+    app.router.add_post("/v1/chat/completions", handlers.run(CHAT))
+    app.router.add_get("/v1/models", handlers.run(MODEL_LIST))
+    app.router.add_get("/v1/models/{model:.+}", handlers.run(MODEL_INFO))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     return app
+
+
+def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
+    """The request paths, in order. Every path starts with the audit and the metrics, so
+    they leave last and see how the request ended; moving a stage is moving its line."""
+    config = app[CONFIG]
+    auth = Authenticator(config)
+    router = Router(config)
+    safety = SafetyModel(router, caller, app[METRICS])
+    audit, metrics = Audit(app[_AUDIT_LOG]), Metrics(app[METRICS])
+    chat: list[Stage] = [
+        audit,
+        metrics,
+        auth,
+        Validator(config.server.max_body_bytes),
+        router,
+        PolicyStage(config),
+        ContextLength(),
+        Translator(),
+        RateLimitStage(config, app[LIMITER], app[TASKS], app[LOG], app[METRICS]),
+        SafetyCheck(safety),
+        CallUpstream(caller),
+        AnswerCheck(safety),
+        Relay(),
+    ]
+    app[CHAT] = Pipeline(chat, app[LOG])
+    app[MODEL_LIST] = Pipeline([audit, metrics, auth, ModelList(router)], app[LOG])
+    app[MODEL_INFO] = Pipeline([audit, metrics, auth, ModelInfo(router)], app[LOG])
 
 
 def _limiter_backend(config: GatewayConfig) -> LimiterBackend:
@@ -137,73 +161,49 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAMS] = UpstreamCaller(
         UpstreamClient(config, session), app[HEALTH], config.retries, app[METRICS]
     )
-    app[SAFETY] = SafetyStage(app[ROUTER], app[UPSTREAMS], app[METRICS])
+    # The session needs a running loop, so the paths that call upstreams are built here.
+    _build_paths(app, app[UPSTREAMS])
     yield
     await session.close()
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    ctx = request.get(REQUEST_CONTEXT)
-    if ctx is not None:
-        response.headers["x-request-id"] = ctx.request_id
-        if ctx.response_headers:
-            response.headers.update(ctx.response_headers)
+async def _add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        response.headers.update(exchange.response_headers())
 
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id")
-    if given is not None and _CLIENT_REQUEST_ID.match(given):
+    if given is not None and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
     return secrets.token_hex(16)
 
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ctx = RequestContext(request_id=_request_id(request))
-    request[REQUEST_CONTEXT] = ctx
-    metrics = request.app[METRICS]
-    api = request.path.startswith("/v1/")
-    if api:
-        metrics.in_flight.inc()
+    exchange = Exchange(request_id=_request_id(request), http=request)
+    request[EXCHANGE] = exchange
+    status = 0
     try:
         response = await handler(request)
-        ctx.status = response.status
+        status = response.status
         return response
     except GatewayError as error:
-        return _error_response(ctx, error)
+        status = error.status
+        return error_response(error)
     except web.HTTPException as http_error:
-        return _error_response(ctx, _from_http_exception(http_error))
-    except asyncio.CancelledError:
-        ctx.status, ctx.outcome = CLIENT_CLOSED, "client_aborted"
-        raise
-    except ConnectionResetError:
-        ctx.status, ctx.outcome = CLIENT_CLOSED, "client_aborted"
-        raise
+        refusal = _from_http_exception(http_error)
+        status = refusal.status
+        return error_response(refusal)
     except Exception as exc:
         request.app[LOG].error(
-            "internal_error", request_id=ctx.request_id, where=where_it_failed(exc)
+            "internal_error", request_id=exchange.request_id, where=where_it_failed(exc)
         )
-        return _error_response(ctx, InternalError("The gateway failed on its own; this is a bug."))
+        status = 500
+        return error_response(InternalError("The gateway failed on its own; this is a bug."))
     finally:
-        _access_line(request, ctx, api)
-        if api:
-            # Probes and scrapes (/healthz, /readyz, /metrics) are not requests to audit.
-            write_audit(request.app[AUDIT], request, ctx)
-            metrics.in_flight.dec()
-            if request.match_info.route.resource is not None:
-                _count(metrics, ctx)
-
-
-def _error_response(ctx: RequestContext, error: GatewayError) -> web.Response:
-    if ctx.hipaa:
-        error = error.withheld()
-    ctx.status = error.status
-    return web.Response(
-        status=error.status,
-        body=error.body_bytes(),
-        content_type="application/json",
-        headers=error.headers,
-    )
+        _access_line(request, exchange, status)
 
 
 def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
@@ -219,25 +219,19 @@ def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
     return InternalError("The gateway failed on its own; this is a bug.")
 
 
-def _count(metrics: GatewayMetrics, ctx: RequestContext) -> None:
-    # Every label value is a configured name (set by a stage from the config) or NONE.
-    team, model = ctx.team or NONE, ctx.model or NONE
-    metrics.requests.labels(team, model, ctx.upstream or NONE, status_class(ctx.status)).inc()
-    metrics.request_duration.labels(team, model).observe(ctx.elapsed_ms() / 1000)
-    if ctx.stream and ctx.first_byte is not None:
-        metrics.time_to_first_token.labels(team, model).observe(ctx.first_byte / 1000)
-    if ctx.usage is not None:
-        metrics.tokens.labels(team, model, "prompt").inc(ctx.usage.prompt_tokens)
-        metrics.tokens.labels(team, model, "completion").inc(ctx.usage.completion_tokens)
-
-
-def _access_line(request: web.Request, ctx: RequestContext, api: bool) -> None:
+def _access_line(request: web.Request, exchange: Exchange, status: int) -> None:
+    known = request.match_info.route.resource is not None
+    summary = exchange.summary()
+    if not summary["status"]:  # no stage ran: a probe, or aiohttp's own answer
+        summary["status"] = status
     log = request.app[LOG]
-    (log.info if api else log.debug)(
+    (log.info if request.path.startswith("/v1/") else log.debug)(
         "request",
-        **ctx.summary(),
+        **summary,
         method=request.method,
-        path=request.path if request.match_info.route.resource is not None else "(unknown)",
-        stream=ctx.stream,
-        first_byte_ms=None if ctx.first_byte is None else round(ctx.first_byte, 3),
+        path=request.path if known else "(unknown)",
+        stream=exchange.stream,
+        first_byte_ms=None
+        if exchange.relayed.first_byte_ms is None
+        else round(exchange.relayed.first_byte_ms, 3),
     )

@@ -6,30 +6,24 @@ from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
 from gateway.limiter.base import LimiterBackend
 from gateway.observability.metrics import GatewayMetrics
-from gateway.stages.auth import Authenticator
-from gateway.stages.policy import PolicyStage
-from gateway.stages.ratelimit import RateLimitStage
-from gateway.stages.route import Router
-from gateway.stages.safety import SafetyStage
+from gateway.pipeline import Exchange, Pipeline
 from gateway.tasks import BackgroundTasks
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.health import HealthBook
 
 CONFIG = web.AppKey("config", GatewayConfig)
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-ROUTER = web.AppKey("router", Router)
-UPSTREAMS = web.AppKey("upstreams", UpstreamCaller)
-HEALTH = web.AppKey("health", HealthBook)
 LOG = web.AppKey("log", FilteringBoundLogger)
-AUDIT = web.AppKey("audit", FilteringBoundLogger)
-POLICIES = web.AppKey("policies", PolicyStage)
-SAFETY = web.AppKey("safety", SafetyStage)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 TASKS = web.AppKey("tasks", BackgroundTasks)
 LIMITER = web.AppKey("limiter", LimiterBackend)
-RATE_LIMITS = web.AppKey("rate_limits", RateLimitStage)
+HEALTH = web.AppKey("health", HealthBook)
+UPSTREAMS = web.AppKey("upstreams", UpstreamCaller)
 
-REQUEST_CONTEXT = web.RequestKey("request_context", RequestContext)
+# The request paths, built once when the app starts (see app.py).
+CHAT = web.AppKey("chat", Pipeline)
+MODEL_LIST = web.AppKey("model_list", Pipeline)
+MODEL_INFO = web.AppKey("model_info", Pipeline)
+
+EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -9,7 +9,7 @@ with kind prompt/completion is `gen_ai.client.token.usage` with `gen_ai.token.ty
 input/output.
 
 Label values come only from configured names (team, model, upstream) or fixed vocabularies
-(status class, limit kind, verdict, reason), never from client input: a request for an
+(status code, limit kind, verdict, reason), never from client input: a request for an
 unknown model is counted under model "none". Cardinality is bounded by the configuration.
 
 The gateway serves from one process (scale with replicas, each scraped on its own), so the
@@ -40,8 +40,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests",
-            "Requests answered, by team, model, upstream and status class (2xx, 4xx, 5xx).",
-            ["team", "model", "upstream", "status_class"],
+            "Requests answered, by team, model, upstream and HTTP status code.",
+            ["team", "model", "upstream", "code"],
             registry=self.registry,
         )
         self.request_duration = Histogram(
@@ -145,5 +145,13 @@ class UpstreamHealthCollector(Collector):
         return iter(())
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status <= 599 else NONE
+# Every status the gateway answers (499: the client left first). A status outside the set
+# would be a bug; it is counted as "other" rather than growing the label's values.
+STATUS_CODES = frozenset(
+    str(code) for code in (200, 400, 401, 404, 405, 413, 415, 429, 499, 500, 503, 504)
+)
+
+
+def status_code(status: int) -> str:
+    code = str(status)
+    return code if code in STATUS_CODES else "other"

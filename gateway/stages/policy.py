@@ -1,63 +1,60 @@
-"""Policy stage: the team's composed policies applied to one request.
+"""Policy stage: the team's composed policies applied to one request, and the one place the
+request's compliance regime is decided.
 
-In order: model restriction, forbidden parameters, defaults for absent parameters, caps on
-`max_tokens` and `n` (clamped, and said so in `x-gateway-clamped-params`, or refused), the
-compliance regime (HIPAA when the client asks or the policy forces it) and the safety model
-(the policy's, or the client's when the policy lets it choose). Gateway-enforced parameters
-are then cleared from the request unless every upstream of the route also takes them.
+In order: forbidden parameters, defaults for absent parameters, caps on `max_tokens` and
+`n` (clamped, and said so in `x-gateway-clamped-params`, or refused), the compliance regime
+(HIPAA when the client asks or the policy forces it: the route narrows to its
+HIPAA-eligible upstreams) and the safety model (the policy's, or the client's when the
+policy lets it choose). Which models a policy allows is decided by the route stage, the one
+owner of model access.
+
+Reads: `team`, `request`, `route`. Writes: `hipaa_decision` first (so that a request this
+stage refuses is still handled and audited under its regime), then `policy`, with the
+request as the policy leaves it (a new value: the client's own request is never edited).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.contract import ChatCompletionRequest
-from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.policies import SafetyPolicy, TeamPolicy, compose
+from gateway.errors import InvalidRequest
+from gateway.pipeline import Exchange, Stage, need
+from gateway.policies import SafetyPolicy, TeamPolicy
 from gateway.routing import Route
-
-_NO_POLICY = TeamPolicy(names=())
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyDecision:
+    request: ChatCompletionRequest  # with the policy's defaults and caps applied
     route: Route  # the HIPAA view of the route when the request is under HIPAA
-    hipaa: bool
-    # The safety model the gateway must ask itself; None when none applies or when the
-    # upstream checks natively.
+    # The safety model that applies (None: none), and whether the upstream enforces it
+    # natively (then it is forwarded) rather than the gateway asking it.
     safety_model: str | None
+    native_safety: bool
     safety: SafetyPolicy | None
     clamped: tuple[str, ...]
 
 
-class PolicyStage:
+class PolicyStage(Stage):
+    name = "policy"
+
     def __init__(self, config: GatewayConfig) -> None:
-        self._teams = {
-            name: compose(team.policies, config.policies)[0] if team.policies else _NO_POLICY
-            for name, team in config.teams.items()
-        }
-        self._models = set(config.models)
+        self._models = frozenset(config.models)
 
-    def policies_of(self, team: str) -> tuple[str, ...]:
-        return self._teams[team].names
+    async def enter(self, exchange: Exchange) -> None:
+        team = need(exchange.team, "the team")
+        request = need(exchange.request, "the request")
+        route = need(exchange.route, "the route")
+        hipaa = team.forces_hipaa or request.compliance == "hipaa"
+        exchange.hipaa_decision = hipaa
+        exchange.policy = self.decide(team.policy, route, request, hipaa)
 
-    def forces_hipaa(self, team: str) -> bool:
-        """Known as soon as the key is, so even a refusal of the request is audited as
-        HIPAA."""
-        return self._teams[team].force_hipaa
-
-    def under_hipaa(self, team: str, request: ChatCompletionRequest) -> bool:
-        return self.forces_hipaa(team) or request.compliance == "hipaa"
-
-    def apply(self, team: str, route: Route, request: ChatCompletionRequest) -> PolicyDecision:
-        policy = self._teams[team]
-        if policy.allowed_models is not None and route.model not in policy.allowed_models:
-            raise ModelNotFound(
-                "The model does not exist or this team may not use it. "
-                "GET /v1/models lists the models available to your key.",
-                param="model",
-            )
+    def decide(
+        self, policy: TeamPolicy, route: Route, request: ChatCompletionRequest, hipaa: bool
+    ) -> PolicyDecision:
         for param in sorted(policy.forbidden_params):
             if getattr(request, param) is not None:
                 raise InvalidRequest(
@@ -65,12 +62,11 @@ class PolicyStage:
                     param=param,
                     code="parameter_not_allowed",
                 )
-        for param, value in policy.defaults:
-            if getattr(request, param) is None:
-                setattr(request, param, value)
-        clamped = self._caps(policy, request)
+        changes: dict[str, Any] = {
+            param: value for param, value in policy.defaults if getattr(request, param) is None
+        }
+        clamped = _caps(policy, request, changes)
 
-        hipaa = self.under_hipaa(team, request)
         if hipaa:
             if route.hipaa is None:
                 raise InvalidRequest(
@@ -80,43 +76,19 @@ class PolicyStage:
                     code="hipaa_unavailable",
                 )
             route = route.hipaa
-            request.compliance = "hipaa"
+            changes["compliance"] = "hipaa"
 
         native_safety = "safety_model" in route.native
         safety_model = self._safety_model(policy, request, native_safety)
-        # Enforced here; sent on only to upstreams that enforce them too.
-        request.safety_model = safety_model if native_safety else None
-        if "compliance" not in route.native:
-            request.compliance = None
+        changes["safety_model"] = safety_model
         return PolicyDecision(
+            request=request.model_copy(update=changes),
             route=route,
-            hipaa=hipaa,
-            safety_model=None if native_safety else safety_model,
+            safety_model=safety_model,
+            native_safety=native_safety,
             safety=policy.safety,
             clamped=clamped,
         )
-
-    def _caps(self, policy: TeamPolicy, request: ChatCompletionRequest) -> tuple[str, ...]:
-        clamped: list[str] = []
-        for param, cap in (("max_tokens", policy.max_tokens), ("n", policy.n)):
-            if cap is None:
-                continue
-            value = getattr(request, param)
-            if value is None:
-                if param == "max_tokens":  # an absent max_tokens would not be bounded
-                    request.max_tokens = cap.limit
-                continue
-            if value <= cap.limit:
-                continue
-            if cap.action == "reject":
-                raise InvalidRequest(
-                    f"'{param}' may be at most {cap.limit} for this team (policy).",
-                    param=param,
-                    code="policy_cap_exceeded",
-                )
-            setattr(request, param, cap.limit)
-            clamped.append(param)
-        return tuple(clamped)
 
     def _safety_model(
         self, policy: TeamPolicy, request: ChatCompletionRequest, native: bool
@@ -139,3 +111,29 @@ class PolicyStage:
                 code="parameter_not_allowed",
             )
         return chosen
+
+
+def _caps(
+    policy: TeamPolicy, request: ChatCompletionRequest, changes: dict[str, Any]
+) -> tuple[str, ...]:
+    """Adds the capped values to `changes`; the names of the clamped parameters."""
+    clamped: list[str] = []
+    for param, cap in (("max_tokens", policy.max_tokens), ("n", policy.n)):
+        if cap is None:
+            continue
+        value = changes.get(param, getattr(request, param))
+        if value is None:
+            if param == "max_tokens":  # an absent max_tokens would not be bounded
+                changes[param] = cap.limit
+            continue
+        if value <= cap.limit:
+            continue
+        if cap.action == "reject":
+            raise InvalidRequest(
+                f"'{param}' may be at most {cap.limit} for this team (policy).",
+                param=param,
+                code="policy_cap_exceeded",
+            )
+        changes[param] = cap.limit
+        clamped.append(param)
+    return tuple(clamped)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
 
+from gateway.accounting import reserved_tokens
 from gateway.config import GatewayConfig, TeamLimits
 from gateway.errors import RateLimited, UpstreamUnavailable
 from gateway.limiter.base import (
@@ -36,6 +37,7 @@ from gateway.limiter.base import (
     TokenAdjustment,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline import Exchange, Stage, need
 from gateway.tasks import BackgroundTasks
 
 # A lease outlives the longest call it can cover by this much; after that it frees itself.
@@ -82,7 +84,12 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class RateLimitStage:
+class RateLimitStage(Stage):
+    """Reads: `team`, `route`, `fitted` (the reservation). Writes: `admission`; on the way
+    out, settles it with what the request really used."""
+
+    name = "rate_limit"
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -95,6 +102,7 @@ class RateLimitStage:
         self._tasks = tasks
         self._log = log
         self._metrics = metrics
+        self._default_max_tokens = config.rate_limits.default_max_tokens
         self._fail_open = config.rate_limits.failure_mode == "open"
         self._warn_interval = config.rate_limits.warn_interval_s
         self._last_warning = -math.inf
@@ -120,6 +128,23 @@ class RateLimitStage:
                     self._budgets[team_name, model_name] = _Budget(
                         tuple(layers), int(longest * 1000) + _LEASE_SLACK_MS
                     )
+
+    async def enter(self, exchange: Exchange) -> None:
+        fitted = need(exchange.fitted, "the request")
+        reservation = reserved_tokens(
+            fitted.request, fitted.prompt_tokens, self._default_max_tokens
+        )
+        exchange.admission = await self.admit(
+            need(exchange.team, "the team").name,
+            need(exchange.route, "the route").model,
+            reservation,
+        )
+
+    def leave(self, exchange: Exchange) -> None:
+        if exchange.admission is not None and exchange.team is not None:
+            usage = exchange.usage
+            used = 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
+            self.settle(exchange.team.name, exchange.admission, used)
 
     async def admit(self, team: str, model: str, tokens: int) -> Admission | None:
         """Admit or raise RateLimited; None for a team without limits on this model."""

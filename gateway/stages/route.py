@@ -1,24 +1,38 @@
-"""Routing stage: a team's requested model name or alias to the model and its upstreams.
+"""Route stage: a team's requested model name or alias to the model and its upstreams, and
+the one owner of "may this team use this model" (the team's `models` and its policies'
+`allowed_models`), which `/v1/models` asks too.
 
 All routes are resolved at start-up into one dict per team, so a request costs one lookup.
 A model that does not exist and a model the team may not use give the same 404: the answer
 must not reveal which models other teams have. Each route also carries its HIPAA view: the
 same model restricted to upstreams that are `hipaa_eligible` and reached over TLS, so a
 request under HIPAA can reach no other upstream, not even on a retry.
+
+Reads: `team`, `request` (its model). Writes: `route`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import replace
 
 from gateway.config import GatewayConfig, SecurityConfig, UpstreamConfig
 from gateway.dialects import DIALECTS
 from gateway.dialects.base import GATEWAY_ENFORCED, Fate
 from gateway.errors import ModelNotFound
+from gateway.pipeline import Exchange, Stage, need
 from gateway.routing import Route, UpstreamTarget
+from gateway.teams import teams_of
+
+# A requested model name that is safe to quote back (OpenAI names it in its 404); anything
+# else may be a prompt or a key pasted in the wrong field, and is not repeated.
+_QUOTABLE_MODEL = re.compile(r"[A-Za-z0-9._:/@-]{1,256}")
 
 
-class Router:
+class Router(Stage):
+    name = "route"
+
     def __init__(self, config: GatewayConfig) -> None:
         routes: dict[str, Route] = {}
         self._all: dict[str, Route] = {}
@@ -57,25 +71,41 @@ class Router:
             self._all[name] = route
             for label in (name, *model.aliases):
                 routes[label] = route
+        self._key_hashes = {h for team in config.teams.values() for h in team.key_hashes}
         self._by_team: dict[str, dict[str, Route]] = {}
-        for team_name, team in config.teams.items():
-            if "*" in team.models:
-                self._by_team[team_name] = routes
-                continue
-            allowed = {routes[label].model for label in team.models}
+        for team_name, team in teams_of(config).items():
+            listed = config.teams[team_name].models
+            allowed = (
+                set(config.models) if "*" in listed else {routes[label].model for label in listed}
+            )
+            if team.policy.allowed_models is not None:
+                allowed &= team.policy.allowed_models
             self._by_team[team_name] = {
                 label: route for label, route in routes.items() if route.model in allowed
             }
 
+    async def enter(self, exchange: Exchange) -> None:
+        team = need(exchange.team, "the team")
+        exchange.route = self.resolve(team.name, need(exchange.request, "the request").model)
+
     def resolve(self, team: str, requested_model: str) -> Route:
         route = self._by_team.get(team, {}).get(requested_model)
         if route is None:
-            raise ModelNotFound(
-                "The model does not exist or this team may not use it. "
-                "GET /v1/models lists the models available to your key.",
-                param="model",
-            )
+            raise self._not_found(requested_model)
         return route
+
+    def _not_found(self, requested_model: str) -> ModelNotFound:
+        """OpenAI's 404, naming the model when it is a plain identifier, unless it is one
+        of the teams' keys pasted into the wrong field."""
+        quotable = _QUOTABLE_MODEL.fullmatch(requested_model) and (
+            hashlib.sha256(requested_model.encode()).hexdigest() not in self._key_hashes
+        )
+        named = f"`{requested_model}` " if quotable else ""
+        return ModelNotFound(
+            f"The model {named}does not exist or you do not have access to it. "
+            "GET /v1/models lists the models available to your key.",
+            param="model",
+        )
 
     def route(self, model: str) -> Route:
         """Any configured model by its public name, whoever asks (the safety model)."""

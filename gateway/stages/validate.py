@@ -4,6 +4,8 @@ Owns the transport checks (content type, content encoding, size) and the transla
 pydantic's errors into one OpenAI error whose `param` is the dotted path of the offending
 field (`messages[2].content[0].image_url.url`). The submitted value is never quoted back:
 it may be a secret or patient data.
+
+Reads: the HTTP request. Writes: `request`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ from pydantic_core import ErrorDetails
 
 from gateway.contract import DISCRIMINATOR_ERROR, ChatCompletionRequest
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.pipeline import Exchange, Stage
 
 # Union branch names in pydantic's error locations ("str", "bool"); never our field names.
 _TYPE_WORDS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 _MAX_NAME_IN_MESSAGE = 64
 # Objects whose keys are the client's own data: errors inside name only the parameter.
 _CLIENT_KEYED = frozenset({"logit_bias"})
+
+
+class Validator(Stage):
+    name = "validate"
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self._max_body_bytes = max_body_bytes
+
+    async def enter(self, exchange: Exchange) -> None:
+        exchange.request = await read_chat_request(exchange.http, self._max_body_bytes)
 
 
 async def read_chat_request(request: web.Request, max_body_bytes: int) -> ChatCompletionRequest:

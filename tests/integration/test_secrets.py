@@ -60,7 +60,10 @@ async def test_only_allowlisted_headers_reach_the_upstream(
         (TEAM_KEY, chat_body(messages=[{"role": "user", "content": CANARY}])),
         (TEAM_KEY, chat_body(temperature=CANARY)),
         (TEAM_KEY, chat_body(messages=[{"role": CANARY, "content": CANARY}])),
-        (TEAM_KEY, chat_body(model=CANARY)),
+        # A plain identifier in `model` is named in the 404 (as OpenAI does); anything
+        # else there is not repeated.
+        (TEAM_KEY, chat_body(model=f"the {CANARY} model")),
+        (TEAM_KEY, chat_body(model=TEAM_KEY)),
         (TEAM_KEY, chat_body(stream=True, messages=[{"role": "user", "content": CANARY}])),
         (f"{TEAM_KEY}-{CANARY}", chat_body()),
         (TEAM_KEY, chat_body(response_format={"type": CANARY})),
@@ -71,6 +74,7 @@ async def test_only_allowlisted_headers_reach_the_upstream(
         "bad-type",
         "bad-role",
         "unknown-model",
+        "key-as-model",
         "stream",
         "bad-key",
         "bad-tag",

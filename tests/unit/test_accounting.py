@@ -8,7 +8,6 @@ from typing import Any
 from gateway.accounting import (
     Usage,
     actual_usage,
-    ask_for_stream_usage,
     estimate_prompt_tokens,
     reserved_tokens,
 )
@@ -32,16 +31,6 @@ def test_prompt_estimate_is_a_token_per_four_characters_plus_framing() -> None:
 def test_reservation_covers_every_completion_the_request_may_generate() -> None:
     assert reserved_tokens(request(max_tokens=100, n=3), 14, 1024) == 14 + 300
     assert reserved_tokens(request(), 14, 1024) == 14 + 1024
-
-
-def test_streams_ask_for_usage_and_remember_whether_the_client_did() -> None:
-    quiet = request(stream=True)
-    asking = request(stream=True, stream_options={"include_usage": True})
-    whole = request()
-
-    assert (ask_for_stream_usage(quiet), ask_for_stream_usage(asking)) == (False, True)
-    assert quiet.stream_options is not None and quiet.stream_options.include_usage
-    assert not ask_for_stream_usage(whole) and whole.stream_options is None
 
 
 def test_reported_usage_wins_and_relayed_events_count_otherwise() -> None:

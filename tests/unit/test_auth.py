@@ -11,7 +11,8 @@ import pytest
 
 from gateway.errors import AuthenticationFailed
 from gateway.stages import auth
-from gateway.stages.auth import Authenticator, Team
+from gateway.stages.auth import Authenticator
+from gateway.teams import Team
 from tests.conftest import OTHER_TEAM_KEY, TEAM_KEY, config_dict, make_config
 
 UNKNOWN_KEY = "gw-not-a-key-of-any-team-0000000000"

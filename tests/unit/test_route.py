@@ -14,6 +14,7 @@ from tests.conftest import (
     MODEL,
     OPENAI_MODEL,
     OTHER_TEAM_MODEL,
+    TEAM_KEY,
     UPSTREAM_MODEL,
     config_dict,
     make_config,
@@ -73,8 +74,35 @@ def test_another_teams_model_is_indistinguishable_from_a_nonexistent_one(
     forbidden = not_found(router, "team-a", OTHER_TEAM_MODEL)
     missing = not_found(router, "team-a", "no-such-model")
 
-    assert forbidden.body() == missing.body()
-    assert OTHER_TEAM_MODEL not in forbidden.message
+    # The same answer, but for the name the client itself sent.
+    assert forbidden.message.replace(OTHER_TEAM_MODEL, "X") == (
+        missing.message.replace("no-such-model", "X")
+    )
+    assert (forbidden.param, forbidden.code) == (missing.param, missing.code)
+
+
+def test_not_found_names_a_plain_model_identifier_as_openai_does(router: Router) -> None:
+    error = not_found(router, "team-a", "gpt-5.1:ft@acme/v2")
+
+    assert error.message.startswith(
+        "The model `gpt-5.1:ft@acme/v2` does not exist or you do not have access to it."
+    )
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "what is the dosage for patient john doe",  # a prompt in the wrong field
+        "model\n",
+        "x" * 257,
+        TEAM_KEY,  # a team's key pasted into the wrong field
+    ],
+)
+def test_not_found_quotes_nothing_but_a_plain_identifier(router: Router, requested: str) -> None:
+    error = not_found(router, "team-a", requested)
+
+    assert requested not in error.message
+    assert error.message.startswith("The model does not exist or you do not have access to it.")
 
 
 def test_team_allowed_a_model_by_alias_may_use_its_public_name() -> None:
@@ -88,9 +116,7 @@ def test_team_allowed_a_model_by_alias_may_use_its_public_name() -> None:
 
 def test_unknown_team_has_no_models(router: Router) -> None:
     assert router.models_for("no-such-team") == []
-    assert not_found(router, "no-such-team", MODEL).body() == (
-        not_found(router, "team-a", "no-such-model").body()
-    )
+    assert not_found(router, "no-such-team", MODEL).code == "model_not_found"
 
 
 def test_models_for_lists_each_allowed_model_once_in_config_order(router: Router) -> None:

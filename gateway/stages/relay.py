@@ -6,6 +6,9 @@ starts only once the upstream's first event is in (until then a failure can stil
 retried elsewhere). A stream that the upstream cuts, reports an error in, stalls past the
 idle timeout or overflows ends with an OpenAI-shaped error event and no `[DONE]`, so a
 client can tell a cut answer from a complete one.
+
+Reads: `answer`, `request` (did the client ask for the usage chunk), `hipaa`. Writes:
+`relayed`, `response`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from aiohttp import web
 from pydantic_core import from_json
 
 from gateway.accounting import usage_of
-from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.pipeline import Exchange, RelayRecord, Stage, StageOrderError, need
 from gateway.upstream.client import JsonAnswer, StreamAnswer
 from gateway.upstream.sse import EventTooLarge, error_event, is_done
 
@@ -29,52 +32,55 @@ _SSE_HEADERS = {
 }
 
 
-def relay_json(answer: JsonAnswer, ctx: RequestContext) -> web.Response:
-    ctx.usage = answer.usage
-    return web.Response(body=answer.body, status=200, headers=_JSON_HEADERS)
+class Relay(Stage):
+    name = "relay"
 
-
-async def relay_stream(
-    request: web.Request,
-    answer: StreamAnswer,
-    ctx: RequestContext,
-    client_wants_usage: bool,
-) -> web.StreamResponse:
-    """Relay an SSE stream. The gateway always asks upstreams for a final usage chunk (to
-    charge tokens exactly); it reaches the client only if the client asked for it too."""
-    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    await response.prepare(request)
-    ctx.first_byte = ctx.elapsed_ms()
-    try:
-        if not await _forward_events(answer, response, ctx, client_wants_usage):
-            ctx.outcome = "upstream_cut"
-    except ConnectionResetError:
-        # The client left while an event was being written: nothing more to say to it.
-        ctx.outcome = "client_aborted"
-        return response
-    await response.write_eof()
-    return response
+    async def enter(self, exchange: Exchange) -> None:
+        answer = exchange.answer
+        if answer is None:
+            raise StageOrderError("the answer is not decided yet at this stage")
+        if isinstance(answer, JsonAnswer):
+            exchange.response = web.Response(body=answer.body, status=200, headers=_JSON_HEADERS)
+            return
+        # The gateway always asks upstreams for a final usage chunk (to charge tokens
+        # exactly); it reaches the client only if the client asked for it too.
+        options = need(exchange.request, "the request").stream_options
+        client_wants_usage = bool(options and options.include_usage)
+        relayed = exchange.relayed
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        exchange.response = response
+        await response.prepare(exchange.http)
+        relayed.first_byte_ms = exchange.elapsed_ms()
+        try:
+            if not await _forward_events(answer, response, exchange, client_wants_usage):
+                relayed.end = "upstream_cut"
+        except ConnectionResetError:
+            # The client left while an event was being written: nothing more to say to it.
+            relayed.end = "client_aborted"
+            return
+        await response.write_eof()
 
 
 async def _forward_events(
     answer: StreamAnswer,
     response: web.StreamResponse,
-    ctx: RequestContext,
+    exchange: Exchange,
     client_wants_usage: bool,
 ) -> bool:
     """Relays events until [DONE] (returns True) or a failure, which ends the stream with
     an error event and no [DONE] (returns False)."""
     try:
-        if await _forward(answer.first, response, ctx, client_wants_usage):
+        relayed = exchange.relayed
+        if await _forward(answer.first, response, relayed, client_wants_usage):
             return True
         async for event in answer.rest:
-            if await _forward(event, response, ctx, client_wants_usage):
+            if await _forward(event, response, relayed, client_wants_usage):
                 return True
         failure = error_event("The upstream ended the stream early.", "upstream_error")
     except ConnectionResetError:
         raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
     except GatewayError as error:  # reported by the upstream inside the stream
-        if ctx.hipaa:
+        if exchange.hipaa:
             error = error.withheld()
         failure = error_event(error.message, error.code or "upstream_error", error.error_type)
     except EventTooLarge:
@@ -88,21 +94,21 @@ async def _forward_events(
 
 
 async def _forward(
-    event: bytes, response: web.StreamResponse, ctx: RequestContext, client_wants_usage: bool
+    event: bytes, response: web.StreamResponse, relayed: RelayRecord, client_wants_usage: bool
 ) -> bool:
     """Writes one event; True when it was the stream's [DONE]."""
     if is_done(event):
         await response.write(event)
         return True
-    if b'"usage"' in event and _note_usage(event, ctx) and not client_wants_usage:
+    if b'"usage"' in event and _note_usage(event, relayed) and not client_wants_usage:
         return False
     if event.startswith(b"data:"):
-        ctx.content_events += 1
+        relayed.content_events += 1
     await response.write(event)
     return False
 
 
-def _note_usage(event: bytes, ctx: RequestContext) -> bool:
+def _note_usage(event: bytes, relayed: RelayRecord) -> bool:
     """Records the usage an event carries; True when the event is only a usage chunk."""
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
@@ -112,6 +118,6 @@ def _note_usage(event: bytes, ctx: RequestContext) -> bool:
                 return False
             if not isinstance(chunk, dict) or (usage := usage_of(chunk)) is None:
                 return False
-            ctx.usage = usage
+            relayed.usage = usage
             return chunk.get("choices") == []
     return False

@@ -1,0 +1,32 @@
+"""The audit trail, written on the way out: one record per API request, whatever happened
+to it (refused, blocked, failed, aborted or answered), for compliance reviews. It names who
+asked what of which model and upstream, the outcome, the tokens, the policies and
+compliance regime applied and the safety verdicts; it never holds message content or keys.
+
+Reads: everything the other stages decided. Writes: nothing on the exchange.
+"""
+
+from __future__ import annotations
+
+from structlog.typing import FilteringBoundLogger
+
+from gateway.pipeline import Exchange, Stage
+
+
+class Audit(Stage):
+    name = "audit"
+
+    def __init__(self, log: FilteringBoundLogger) -> None:
+        self._log = log
+
+    def leave(self, exchange: Exchange) -> None:
+        self._log.info(
+            "audit",
+            **exchange.summary(),
+            method=exchange.http.method,
+            attempts=exchange.call.attempts,
+            policies=[] if exchange.team is None else list(exchange.team.policy.names),
+            compliance="hipaa" if exchange.hipaa else "none",
+            safety_verdict=exchange.safety_verdict,
+            answer_safety_verdict=exchange.answer_verdict,
+        )
