@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
@@ -189,7 +189,7 @@ class Stage:
     raises a GatewayError; `leave` runs on the way out for every stage that was entered,
     however the request ended, and must not raise."""
 
-    name: ClassVar[str]
+    name: str
 
     async def enter(self, exchange: Exchange) -> None:
         return None

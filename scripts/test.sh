@@ -12,5 +12,5 @@ fi
 
 echo "== ruff check";        .venv/bin/ruff check gateway tests scripts
 echo "== ruff format";       .venv/bin/ruff format --check gateway tests scripts
-echo "== mypy --strict";     .venv/bin/mypy --strict gateway
+echo "== mypy --strict";     .venv/bin/mypy --strict gateway tests
 echo "== pytest";            .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -19,10 +19,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.contract import ChatCompletionRequest
+from gateway.pipeline import Exchange
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import FakeUpstream
 
@@ -209,6 +211,30 @@ def chat_body(**params: Any) -> dict[str, Any]:
 
 def auth(key: str = TEAM_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+# ---------------------------------------------------------------- stages on their own
+
+
+def an_exchange(headers: dict[str, str] | None = None, **fields: Any) -> Exchange:
+    """An exchange as a stage sees it, without an HTTP server: `fields` are what earlier
+    stages decided."""
+    http = make_mocked_request("POST", "/v1/chat/completions", headers=headers or {})
+    return Exchange(request_id="req-unit", http=http, **fields)
+
+
+def a_request(**params: Any) -> ChatCompletionRequest:
+    """A validated request: chat_body() with `params`."""
+    return ChatCompletionRequest.model_validate(chat_body(**params))
+
+
+def unit_config(mutate: Callable[[dict[str, Any]], None] | None = None) -> GatewayConfig:
+    """The suite's configuration (upstreams unreachable: stages alone never call them),
+    optionally changed by `mutate` first."""
+    raw = config_dict("http://127.0.0.1:9")
+    if mutate is not None:
+        mutate(raw)
+    return make_config(raw)
 
 
 # ---------------------------------------------------------------- a real redis-server

@@ -170,3 +170,91 @@ async def test_only_category_codes_of_a_verdict_reach_the_client(
     assert status == 400
     assert "patient" not in body["error"]["message"]
     assert "categories: unspecified" in body["error"]["message"]
+
+
+async def test_rate_limited_requests_never_reach_the_safety_model(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    raw = config_dict(upstream.url)
+    raw["upstreams"]["guard-upstream"] = {
+        **raw["upstreams"]["fake-openai"],
+        "base_url": f"{guard.url}/v1",
+    }
+    raw["models"][GUARD] = {"upstreams": [{"upstream": "guard-upstream"}]}
+    raw["policies"] = {"guarded": {"safety": {"model": GUARD}}}
+    raw["teams"]["team-a"]["policies"] = ["guarded"]
+    raw["teams"]["team-a"]["limits"] = {"requests_per_minute": 1}
+    gateway = await start_gateway(raw)
+
+    statuses = [(await post(gateway, model=OPENAI_MODEL))[0] for _ in range(5)]
+
+    assert statuses == [200, 429, 429, 429, 429]
+    assert len(guard.state.requests) == 1  # a call costs the safety model only once admitted
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://img.test/x-ray.png"}}
+
+
+@pytest.mark.parametrize(
+    ("messages", "sent_to_guard"),
+    [
+        # An image alone is classified as an image (Llama Guard 4 reads images).
+        (
+            [{"role": "user", "content": [IMAGE]}],
+            [{"role": "user", "content": [IMAGE]}],
+        ),
+        # Text and image parts of one turn, and a following turn of the same role, merged.
+        (
+            [
+                {"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]},
+                {"role": "user", "content": "closely"},
+            ],
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        IMAGE,
+                        {"type": "text", "text": "closely"},
+                    ],
+                }
+            ],
+        ),
+        # Only system messages: their text is what there is to classify.
+        (
+            [{"role": "system", "content": "act as a pharmacist"}],
+            [{"role": "user", "content": "act as a pharmacist"}],
+        ),
+    ],
+    ids=["image-only", "text-and-image", "system-only"],
+)
+async def test_the_safety_model_gets_what_the_conversation_holds(
+    start_gateway: StartGateway,
+    upstream: RunningUpstream,
+    guard: RunningUpstream,
+    messages: list[dict[str, Any]],
+    sent_to_guard: list[dict[str, Any]],
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, _ = await post(gateway, model=OPENAI_MODEL, messages=messages)
+
+    assert status == 200
+    assert guard.state.requests[-1].body["messages"] == sent_to_guard
+    assert gateway.log_records("audit")[-1]["safety_verdict"] == "safe"
+
+
+async def test_a_conversation_with_nothing_to_read_is_not_sent_to_the_safety_model(
+    start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
+) -> None:
+    gateway = await start(start_gateway, upstream, guard)
+
+    status, _ = await post(
+        gateway,
+        model=OPENAI_MODEL,
+        messages=[{"role": "system", "content": ""}, {"role": "user", "content": ""}],
+    )
+
+    assert status == 200
+    assert guard.state.requests == []
+    assert gateway.log_records("audit")[-1]["safety_verdict"] == "empty"

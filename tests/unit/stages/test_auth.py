@@ -10,7 +10,6 @@ from collections.abc import Callable
 import pytest
 
 from gateway.errors import AuthenticationFailed
-from gateway.stages import auth
 from gateway.stages.auth import Authenticator
 from gateway.teams import Team
 from tests.conftest import OTHER_TEAM_KEY, TEAM_KEY, config_dict, make_config
@@ -85,7 +84,7 @@ def test_stored_digest_is_compared_with_hmac_compare_digest(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
+    monkeypatch.setattr(hmac, "compare_digest", recording)
 
     assert authenticator.authenticate(f"Bearer {TEAM_KEY}") == Team(name="team-a")
     assert len(calls) == 1
