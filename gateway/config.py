@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gateway.dialects.base import CONTRACT_PARAMETERS
+from gateway.errors import field_path
 from gateway.policies import Policy, compose, load_policy_files
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -245,16 +246,6 @@ class GatewayConfig(BaseModel):
     teams: dict[Name, TeamConfig]
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
 def _cross_reference_problems(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
     # Public names first, so that a clashing alias is the one blamed, wherever it stands.
@@ -341,7 +332,8 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(
             [
-                f"{_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                f"{field_path(err['loc']) or '(top level)'}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
                 for err in exc.errors(include_input=False)
             ]
         ) from None

@@ -7,9 +7,22 @@ only the name of the parameter and what was expected.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic_core import to_json
+
+
+def field_path(loc: Iterable[int | str]) -> str:
+    """A pydantic error location as the one path form every message of the gateway uses,
+    the client's and the operator's alike: `messages[2].content`, `teams.search.models[1]`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
 
 
 class GatewayError(Exception):

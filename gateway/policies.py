@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.contract import ChatCompletionRequest
 from gateway.dialects.base import CONTRACT_PARAMETERS
+from gateway.errors import field_path
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -81,7 +82,7 @@ class CapsPolicy(BaseModel):
             ChatCompletionRequest.model_validate(probe)
         except ValidationError as exc:
             first = exc.errors(include_input=False)[0]
-            raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise ValueError(f"{field_path(first['loc'])}: {first['msg']}") from None
         return defaults
 
 
@@ -193,7 +194,7 @@ def load_policy_files(directory: Path) -> tuple[dict[str, Policy], list[str]]:
             policies[path.stem] = Policy.model_validate(raw or {})
         except ValidationError as exc:
             for error in exc.errors(include_input=False):
-                where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+                where = field_path(error["loc"]) or "(top level)"
                 message = error["msg"].removeprefix("Value error, ")
                 problems.append(f"{path}: {where}: {message}")
     return policies, problems

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.contract import DISCRIMINATOR_ERROR, ChatCompletionRequest
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, field_path
 from gateway.pipeline import Exchange, Stage
 
 # Union branch names in pydantic's error locations ("str", "bool"); never our field names.
@@ -95,16 +95,17 @@ def to_invalid_request(errors: list[ErrorDetails]) -> InvalidRequest:
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's location without union branch names, as a dotted path with [i] indexes."""
-    out = ""
+    """pydantic's location without union branch names, and nothing inside an object whose
+    keys are the client's data, as a field path."""
+    kept: list[int | str] = []
     for part in loc:
-        if out in _CLIENT_KEYED:
+        if len(kept) == 1 and kept[0] in _CLIENT_KEYED:
             break
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.isidentifier() and part not in _TYPE_WORDS and not part[0].isupper():
-            out += f".{part}" if out else part
-    return out
+        if isinstance(part, int) or (
+            part.isidentifier() and part not in _TYPE_WORDS and not part[0].isupper()
+        ):
+            kept.append(part)
+    return field_path(kept)
 
 
 def _specificity(error: ErrorDetails) -> tuple[bool, int]:
