@@ -76,13 +76,15 @@ class PolicyStage(Stage):
                     code="hipaa_unavailable",
                 )
             route = route.hipaa
-            changes["compliance"] = "hipaa"
+            if request.compliance is None:
+                changes["compliance"] = "hipaa"
 
         native_safety = "safety_model" in route.native
         safety_model = self._safety_model(policy, request, native_safety)
-        changes["safety_model"] = safety_model
+        if safety_model != request.safety_model:
+            changes["safety_model"] = safety_model
         return PolicyDecision(
-            request=request.model_copy(update=changes),
+            request=request.model_copy(update=changes) if changes else request,
             route=route,
             safety_model=safety_model,
             native_safety=native_safety,
