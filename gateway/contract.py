@@ -1,4 +1,4 @@
-"""The request contract of `POST /v1/chat/completions` (shared/seed/chat-completions-api.md).
+"""The request contract of `POST /v1/chat/completions` (docs/chat-completions-api.md).
 
 Owns the wire model of a chat completion request, its ranges, and its normalization: the
 forms real OpenAI clients send (`max_completion_tokens`, `logprobs: true` + `top_logprobs`,

@@ -1,4 +1,4 @@
-"""The parameter contract of `POST /v1/chat/completions` (shared/seed/chat-completions-api.md),
+"""The parameter contract of `POST /v1/chat/completions` (docs/chat-completions-api.md),
 end to end through a real gateway and a real fake upstream.
 
 For every parameter of the seed contract: a value just inside its range (or of the valid
