@@ -240,13 +240,17 @@ class OpenAIJsonSchema(_Model):
 
 
 class JsonSchemaFormat(_Model):
-    """Canonical form: `schema` at the top (the contract's). OpenAI's nested
-    `json_schema: {name, schema, strict}` is accepted and folded into it."""
+    """Canonical form: `schema` at the top (the contract's), with OpenAI's `name`,
+    `description` and `strict` beside it. OpenAI's nested
+    `json_schema: {name, description, schema, strict}` is accepted and folded into it."""
 
     type: Literal["json_schema"]
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     json_schema: OpenAIJsonSchema | None = None
     name: str | None = None
+    # Tells the model what the output is for: it changes the answer, so a dialect with no
+    # place for it refuses it.
+    description: str | None = None
     strict: bool | None = None
 
     @model_validator(mode="after")
@@ -262,8 +266,15 @@ class JsonSchemaFormat(_Model):
                     "Missing required parameter: 'response_format.json_schema.schema'.",
                     param="response_format.json_schema.schema",
                 )
+            if self.name is not None or self.description is not None or self.strict is not None:
+                raise InvalidRequest(
+                    "Give 'name', 'description' and 'strict' inside 'json_schema' or beside "
+                    "'schema', not both.",
+                    param="response_format.json_schema",
+                )
             self.schema_ = self.json_schema.schema_
             self.name = self.json_schema.name
+            self.description = self.json_schema.description
             self.strict = self.json_schema.strict
             self.json_schema = None
         elif self.schema_ is None:

@@ -318,6 +318,22 @@ OUTSIDE = [
         id="response_format=regex-no-pattern",
     ),
     bad("response_format", {"type": "regex", "pattern": ""}, "response_format.pattern"),
+    bad(
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}, "strict": True},
+        "response_format.json_schema",
+        id="response_format=strict-beside-and-inside-json_schema",
+    ),
+    bad(
+        "response_format",
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "description": CANARY, "schema": SCHEMA},
+        },
+        "response_format.description",
+        code="unsupported_parameter",
+        id="response_format=json_schema-description-on-together",
+    ),
     bad("tools", {"type": "function"}, id="tools=not-a-list"),
     bad("tools", [{"type": CANARY, "function": {"name": "f"}}], "tools[0].type"),
     bad(
