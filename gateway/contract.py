@@ -447,9 +447,8 @@ class ChatCompletionRequest(_Model):
         return bool(self.stream)
 
 
-# Why a response-only key with a value is refused rather than dropped.
-_CARRIES_MEANING = {
-    "annotations": "citations cannot be passed to an upstream",
+# Response-only keys taken only null, and why one with a value is refused, not dropped.
+_NULL_ONLY = {
     "audio": "an earlier audio answer cannot be passed to an upstream",
     "function_call": "the deprecated 'function_call' is not supported; use 'tool_calls'",
     "reasoning_content": "earlier reasoning cannot be passed to an upstream",
@@ -463,13 +462,17 @@ def _drop_response_only_keys(message: AssistantMessage, path: str) -> None:
 
     `parsed` and `parsed_arguments` may only re-state `content` and `arguments` as JSON, a
     call's `index` only its position: anything else would be data the model never sees."""
-    for key, reason in _CARRIES_MEANING.items():
-        value = getattr(message, key)
-        if value is not None and value != []:
-            raise InvalidRequest(
-                f"'{path}.{key}' must be null or empty: {reason}.", param=f"{path}.{key}"
-            )
+    for key, reason in _NULL_ONLY.items():
+        if getattr(message, key) is not None:
+            raise InvalidRequest(f"'{path}.{key}' must be null: {reason}.", param=f"{path}.{key}")
         setattr(message, key, None)
+    if message.annotations:
+        raise InvalidRequest(
+            f"'{path}.annotations' must be null or empty: citations cannot be passed to an "
+            "upstream.",
+            param=f"{path}.annotations",
+        )
+    message.annotations = None
     if message.parsed is not None:
         text = None if message.content is None else "".join(_texts(message.content))
         if not _is_json_of(message.parsed, text):
