@@ -1,10 +1,11 @@
-"""The request contract of `POST /v1/chat/completions` (shared/seed/chat-completions-api.md).
+"""The request contract of `POST /v1/chat/completions` (docs/chat-completions-api.md).
 
 Owns the wire model of a chat completion request, its ranges, and its normalization: the
 forms real OpenAI clients send (`max_completion_tokens`, `logprobs: true` + `top_logprobs`,
-`response_format.json_schema`, `stop` as a string, the `developer` role) are accepted and
-rewritten into the contract's one canonical form, so later stages and dialects see a
-single shape. Cross-field rules raise `InvalidRequest` naming the parameter.
+`response_format.json_schema`, `stop` as a string, the `developer` role, an earlier answer's
+message appended to the history with its response-only keys) are accepted and rewritten
+into the contract's one canonical form, so later stages and dialects see a single shape.
+Cross-field rules raise `InvalidRequest` naming the parameter.
 
 Validation is strict (no "0.5" for a float, no 1 for a bool) and unknown fields are
 rejected: a gateway that guesses changes the answer without telling anyone.
@@ -24,6 +25,7 @@ from pydantic import (
     Tag,
     model_validator,
 )
+from pydantic_core import from_json
 
 from gateway.errors import InvalidRequest
 
@@ -134,15 +136,27 @@ UserContent = str | Annotated[list[ContentPart], Field(min_length=1)]
 # ---------------------------------------------------------------- messages
 
 
+# Keys of an answer's message that a client sends back when it appends the message (or the
+# SDK's object for it) to the history. They are accepted only when they say nothing beyond
+# the message itself (null, empty, or a re-statement of its content), checked by
+# `_drop_response_only_keys`, and never reach a dialect (nor a dump of the request).
+def _response_only() -> Any:
+    return Field(default=None, exclude=True)
+
+
 class FunctionCall(_Model):
     name: FunctionName
     arguments: str
+    # Response-only: the SDK's parse() result holds the arguments parsed.
+    parsed_arguments: Any = _response_only()
 
 
 class ToolCall(_Model):
     id: NonEmptyStr
     type: Literal["function"]
     function: FunctionCall
+    # Response-only: the SDK's stream() helper keeps the call's index in the stream.
+    index: int | None = _response_only()
 
 
 class SystemMessage(_Model):
@@ -162,9 +176,19 @@ class AssistantMessage(_Model):
     role: Literal["assistant"]
     content: TextContent | None = None
     name: str | None = None
-    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    # Empty means none: vLLM and Together answer `tool_calls: []`.
+    tool_calls: list[ToolCall] | None = None
     # Present when a client appends a previous response message to the history.
     refusal: str | None = None
+    # Response-only (see _response_only): OpenAI answers `annotations: []`; the SDK's
+    # stream() and parse() objects add `parsed` and nulls for `audio` and `function_call`;
+    # vLLM answers nulls for `reasoning_content` (and `reasoning` in newer versions).
+    annotations: list[Any] | None = _response_only()
+    parsed: Any = _response_only()
+    audio: Any = _response_only()
+    function_call: Any = _response_only()
+    reasoning_content: Any = _response_only()
+    reasoning: Any = _response_only()
 
     @model_validator(mode="after")
     def _says_something(self) -> AssistantMessage:
@@ -240,13 +264,17 @@ class OpenAIJsonSchema(_Model):
 
 
 class JsonSchemaFormat(_Model):
-    """Canonical form: `schema` at the top (the contract's). OpenAI's nested
-    `json_schema: {name, schema, strict}` is accepted and folded into it."""
+    """Canonical form: `schema` at the top (the contract's), with OpenAI's `name`,
+    `description` and `strict` beside it. OpenAI's nested
+    `json_schema: {name, description, schema, strict}` is accepted and folded into it."""
 
     type: Literal["json_schema"]
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     json_schema: OpenAIJsonSchema | None = None
     name: str | None = None
+    # Tells the model what the output is for: it changes the answer, so a dialect with no
+    # place for it refuses it.
+    description: str | None = None
     strict: bool | None = None
 
     @model_validator(mode="after")
@@ -262,8 +290,15 @@ class JsonSchemaFormat(_Model):
                     "Missing required parameter: 'response_format.json_schema.schema'.",
                     param="response_format.json_schema.schema",
                 )
+            if self.name is not None or self.description is not None or self.strict is not None:
+                raise InvalidRequest(
+                    "Give 'name', 'description' and 'strict' inside 'json_schema' or beside "
+                    "'schema', not both.",
+                    param="response_format.json_schema",
+                )
             self.schema_ = self.json_schema.schema_
             self.name = self.json_schema.name
+            self.description = self.json_schema.description
             self.strict = self.json_schema.strict
             self.json_schema = None
         elif self.schema_ is None:
@@ -383,9 +418,11 @@ class ChatCompletionRequest(_Model):
                 param="stream_options",
             )
 
-        for message in self.messages:
+        for i, message in enumerate(self.messages):
             if isinstance(message, SystemMessage) and message.role == "developer":
                 message.role = "system"
+            elif isinstance(message, AssistantMessage):
+                _drop_response_only_keys(message, f"messages[{i}]")
 
         self._check_tools()
         return self
@@ -408,3 +445,70 @@ class ChatCompletionRequest(_Model):
     @property
     def is_stream(self) -> bool:
         return bool(self.stream)
+
+
+# Response-only keys taken only null, and why one with a value is refused, not dropped.
+_NULL_ONLY = {
+    "audio": "an earlier audio answer cannot be passed to an upstream",
+    "function_call": "the deprecated 'function_call' is not supported; use 'tool_calls'",
+    "reasoning_content": "earlier reasoning cannot be passed to an upstream",
+    "reasoning": "earlier reasoning cannot be passed to an upstream",
+}
+
+
+def _drop_response_only_keys(message: AssistantMessage, path: str) -> None:
+    """Checks that the response-only keys of an assistant message from the history say
+    nothing the message does not, and removes them; raises InvalidRequest naming the key.
+
+    `parsed` and `parsed_arguments` may only re-state `content` and `arguments` as JSON, a
+    call's `index` only its position: anything else would be data the model never sees."""
+    for key, reason in _NULL_ONLY.items():
+        if getattr(message, key) is not None:
+            raise InvalidRequest(f"'{path}.{key}' must be null: {reason}.", param=f"{path}.{key}")
+        setattr(message, key, None)
+    if message.annotations:
+        raise InvalidRequest(
+            f"'{path}.annotations' must be null or empty: citations cannot be passed to an "
+            "upstream.",
+            param=f"{path}.annotations",
+        )
+    message.annotations = None
+    if message.parsed is not None:
+        text = None if message.content is None else "".join(_texts(message.content))
+        if not _is_json_of(message.parsed, text):
+            raise InvalidRequest(
+                f"'{path}.parsed' must be null or the JSON of '{path}.content'.",
+                param=f"{path}.parsed",
+            )
+        message.parsed = None
+    for j, call in enumerate(message.tool_calls or ()):
+        call_path = f"{path}.tool_calls[{j}]"
+        if call.index is not None and call.index != j:
+            raise InvalidRequest(
+                f"'{call_path}.index' must be null or the call's position in '{path}.tool_calls'.",
+                param=f"{call_path}.index",
+            )
+        call.index = None
+        parsed = call.function.parsed_arguments
+        if parsed is not None and not _is_json_of(parsed, call.function.arguments):
+            raise InvalidRequest(
+                f"'{call_path}.function.parsed_arguments' must be null or the JSON of "
+                f"'{call_path}.function.arguments'.",
+                param=f"{call_path}.function.parsed_arguments",
+            )
+        call.function.parsed_arguments = None
+    if not message.tool_calls:
+        message.tool_calls = None
+
+
+def _texts(content: str | list[TextPart]) -> list[str]:
+    return [content] if isinstance(content, str) else [part.text for part in content]
+
+
+def _is_json_of(value: Any, text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        return bool(from_json(text) == value)
+    except ValueError:
+        return False

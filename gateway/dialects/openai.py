@@ -2,8 +2,8 @@
 
 Translates the contract's forms back to OpenAI's (`logprobs` k to `logprobs: true` +
 `top_logprobs: k`, `max_tokens` to `max_completion_tokens`, the top-level JSON schema to
-`json_schema: {name, schema, strict}`) and refuses what OpenAI cannot honour instead of
-dropping it: a dropped `top_k` or regex silently changes the answer.
+`json_schema: {name, description, schema, strict}`) and refuses what OpenAI cannot honour
+instead of dropping it: a dropped `top_k` or regex silently changes the answer.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def openai_json_schema(response_format: dict[str, Any]) -> dict[str, Any]:
     """The contract's json_schema response_format in OpenAI's nested form."""
     json_schema: dict[str, Any] = {
         "name": response_format.get("name") or "response",
-        "schema": response_format["schema"],
     }
+    if "description" in response_format:
+        json_schema["description"] = response_format["description"]
+    json_schema["schema"] = response_format["schema"]
     if "strict" in response_format:
         json_schema["strict"] = response_format["strict"]
     return {"type": "json_schema", "json_schema": json_schema}

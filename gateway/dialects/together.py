@@ -1,18 +1,28 @@
-"""The `together` dialect: the contract is Together's own API, so the body passes as is."""
+"""The `together` dialect: the contract is Together's own API, so the body passes as is,
+except a JSON schema's OpenAI-style extras: `name` is only a label and is left out, a
+`description` has no place in Together's form and is refused."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.contract import ChatCompletionRequest
-from gateway.dialects.base import CONTRACT_PARAMETERS, Fate, StreamTranslator, bearer, contract_body
+from gateway.dialects.base import (
+    CONTRACT_PARAMETERS,
+    Fate,
+    StreamTranslator,
+    bearer,
+    contract_body,
+    unsupported,
+)
 
 
 class TogetherDialect:
     name = "together"
     path = "/chat/completions"
     fates = dict.fromkeys(CONTRACT_PARAMETERS, Fate.PASS) | {
-        # Together takes the schema at the top; an OpenAI-style name is only a label.
+        # Together takes the schema at the top; an OpenAI-style name is only a label, a
+        # description is refused.
         "response_format": Fate.TRANSLATE,
     }
 
@@ -25,6 +35,9 @@ class TogetherDialect:
         body = contract_body(request, upstream_model)
         response_format = body.get("response_format")
         if response_format is not None and response_format["type"] == "json_schema":
+            if "description" in response_format:
+                # Together's form has no place for it, and it changes what the model writes.
+                raise unsupported("response_format.description", public_model, self.name)
             body["response_format"] = {"type": "json_schema", "schema": response_format["schema"]}
         return body
 

@@ -7,11 +7,19 @@ It answers `POST /v1/chat/completions` with an echo of the last user message, wi
 gateway sent and when it hung up. A model whose name contains "guard" answers like Llama
 Guard instead: `safe`, or `unsafe\nS1,S10` when a message carries `UNSAFE:S1,S10`.
 
+So that multi-turn tool loops can be played, a `tool_choice` naming a function (with
+`tools`) is answered with one call of it, arguments `{"text": <last user message>}`,
+finish reason `tool_calls` (streamed as OpenAI streams tool calls); a `response_format` of
+type `json_schema` or `json_object` is answered with the echo as JSON, `{"echo": <last
+user message>}`. A whole answer's message carries the response-only keys real servers add:
+OpenAI's `refusal: null, annotations: []` by default, vLLM's (`tool_calls: []` and nulls)
+with the behavior `shape=vllm`.
+
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
 `stall_after=2` (silence mid-stream), `stream_error=400;error_after=2` (vLLM's way: an
-error event inside a 200 stream).
+error event inside a 200 stream), and `shape=vllm` (not a fault: vLLM's message keys).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -41,6 +49,7 @@ class Behavior:
     stall_after: int | None = None  # stream this many content events, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
+    shape: str = "openai"  # whose response-only message keys a whole answer carries
 
     def headers(self) -> dict[str, str] | None:
         """Headers of the error answer (Retry-After)."""
@@ -69,6 +78,8 @@ class Behavior:
                 behavior = replace(behavior, stream_error=int(value))
             elif key == "error_after":
                 behavior = replace(behavior, error_after=int(value))
+            elif key == "shape" and value in MESSAGE_SHAPES:
+                behavior = replace(behavior, shape=value)
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
@@ -152,7 +163,7 @@ class FakeUpstream:
         answer = EchoAnswer.of(body)
         if body.get("stream"):
             return await self._stream(request, body, answer, behavior)
-        return web.json_response(answer.completion())
+        return web.json_response(answer.completion(response_only_keys(behavior.shape)))
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior
@@ -161,7 +172,7 @@ class FakeUpstream:
         events = (
             (
                 b"data: " + json.dumps(chunk).encode() + b"\n\n",
-                bool(chunk["choices"] and chunk["choices"][0]["delta"].get("content")),
+                bool(chunk["choices"] and _carries_content(chunk["choices"][0]["delta"])),
             )
             for chunk in answer.chunks(include_usage)
         )
@@ -206,6 +217,34 @@ class FakeUpstream:
         return response
 
 
+MESSAGE_SHAPES = ("openai", "vllm")
+
+
+def response_only_keys(shape: str) -> dict[str, Any]:
+    """The response-only keys a kind of server puts in a whole answer's message, as it
+    sends them when the model said nothing of the kind."""
+    if shape == "vllm":
+        return {
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "tool_calls": [],
+            "reasoning_content": None,
+        }
+    return {"refusal": None, "annotations": []}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: str
+
+    def as_json(self, index: int) -> dict[str, Any]:
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": f"call_fake_{index}", "type": "function", "function": function}
+
+
 @dataclass(frozen=True, slots=True)
 class EchoAnswer:
     model: str
@@ -214,6 +253,8 @@ class EchoAnswer:
     n: int
     prompt_tokens: int
     created: int
+    # When set, the answer is this call instead of text (its arguments are the words).
+    tool_call: ToolCall | None = None
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> EchoAnswer:
@@ -222,13 +263,21 @@ class EchoAnswer:
             (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
             {},
         )
+        echoed = text_of(last_user.get("content"))
+        called = _forced_function(body)
+        tool_call = None
         if "guard" in str(body.get("model")).lower():
             words = [guard_verdict(messages)]
+        elif called is not None:
+            tool_call = ToolCall(called, json.dumps({"text": echoed}))
+            words = tool_call.arguments.split()
+        elif _wants_json(body):
+            words = json.dumps({"echo": echoed}).split()
         else:
-            words = ("echo: " + text_of(last_user.get("content"))).split()
+            words = ("echo: " + echoed).split()
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        finish_reason = "stop"
-        if isinstance(limit, int) and len(words) > limit:
+        finish_reason = "stop" if tool_call is None else "tool_calls"
+        if isinstance(limit, int) and len(words) > limit and tool_call is None:
             words, finish_reason = words[:limit], "length"
         prompt_tokens = sum(
             len(text_of(m.get("content")).split()) for m in messages if isinstance(m, dict)
@@ -240,6 +289,7 @@ class EchoAnswer:
             n=int(body.get("n") or 1),
             prompt_tokens=prompt_tokens,
             created=int(time.time()),
+            tool_call=tool_call,
         )
 
     def _base(self, kind: str) -> dict[str, Any]:
@@ -253,11 +303,19 @@ class EchoAnswer:
             "total_tokens": self.prompt_tokens + completion,
         }
 
-    def completion(self) -> dict[str, Any]:
+    def message(self, shape: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": " ".join(self.words)}
+        message.update(shape)
+        if self.tool_call is not None:
+            message["content"] = None
+            message["tool_calls"] = [self.tool_call.as_json(0)]
+        return message
+
+    def completion(self, shape: dict[str, Any] | None = None) -> dict[str, Any]:
         choices = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": " ".join(self.words)},
+                "message": self.message(shape or {}),
                 "finish_reason": self.finish_reason,
                 "logprobs": None,
             }
@@ -270,16 +328,50 @@ class EchoAnswer:
             choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
             return {**self._base("chat.completion.chunk"), "choices": [choice]}
 
-        out = [chunk(i, {"role": "assistant", "content": ""}, None) for i in range(self.n)]
+        if self.tool_call is not None:
+            # OpenAI's way: the call's id and name first, then its arguments in pieces.
+            call = self.tool_call.as_json(0)
+            call["function"]["arguments"] = ""
+            first: dict[str, Any] = {"role": "assistant", "content": None}
+            first["tool_calls"] = [{"index": 0, **call}]
+            out = [chunk(i, first, None) for i in range(self.n)]
+        else:
+            out = [chunk(i, {"role": "assistant", "content": ""}, None) for i in range(self.n)]
         for position, word in enumerate(self.words):
             text = word if position == 0 else " " + word
-            out.extend(chunk(i, {"content": text}, None) for i in range(self.n))
+            delta: dict[str, Any] = {"content": text}
+            if self.tool_call is not None:
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
+            out.extend(chunk(i, delta, None) for i in range(self.n))
         out.extend(chunk(i, {}, self.finish_reason) for i in range(self.n))
         if include_usage:
             out.append(
                 {**self._base("chat.completion.chunk"), "choices": [], "usage": self.usage()}
             )
         return out
+
+
+def _forced_function(body: dict[str, Any]) -> str | None:
+    """The function an OpenAI-style `tool_choice` forces, when `tools` are given."""
+    choice = body.get("tool_choice")
+    if not body.get("tools") or not isinstance(choice, dict) or choice.get("type") != "function":
+        return None
+    name = (choice.get("function") or {}).get("name")
+    return name if isinstance(name, str) else None
+
+
+def _wants_json(body: dict[str, Any]) -> bool:
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_schema",
+        "json_object",
+    )
+
+
+def _carries_content(delta: dict[str, Any]) -> bool:
+    return bool(delta.get("content")) or any(
+        (call.get("function") or {}).get("arguments") for call in delta.get("tool_calls") or ()
+    )
 
 
 def guard_verdict(messages: list[Any]) -> str:

@@ -1,4 +1,4 @@
-"""The parameter contract of `POST /v1/chat/completions` (shared/seed/chat-completions-api.md),
+"""The parameter contract of `POST /v1/chat/completions` (docs/chat-completions-api.md),
 end to end through a real gateway and a real fake upstream.
 
 For every parameter of the seed contract: a value just inside its range (or of the valid
@@ -112,7 +112,11 @@ def part(kind: str, url: str = "https://example.com/media") -> dict[str, Any]:
 
 TEXT = {"type": "text", "text": "what is in it?"}
 MEDIA = ("image_url", "video_url", "audio_url")
-CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+CALL: dict[str, Any] = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "lookup", "arguments": "{}"},
+}
 TOOL_TURN = [
     msg("user"),
     {"role": "assistant", "tool_calls": [CALL]},
@@ -121,6 +125,26 @@ TOOL_TURN = [
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 LOOKUP = {"type": "function", "function": {"name": "lookup"}}
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+# An assistant message appended from an earlier answer, with the response-only keys the
+# answer or the SDK's object for it carries (see test_multi_turn_sdk.py).
+OPENAI_ANSWER_KEYS: dict[str, Any] = {"refusal": None, "annotations": []}
+VLLM_ANSWER_KEYS: dict[str, Any] = {
+    "refusal": None,
+    "annotations": None,
+    "audio": None,
+    "function_call": None,
+    "tool_calls": [],
+    "reasoning_content": None,
+    "reasoning": None,
+}
+JSON_TEXT = '{"a": 1}'
+PARSED_CALL = {**CALL, "index": 0, "function": {**CALL["function"], "parsed_arguments": {}}}
+
+
+def answered(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A history whose second message is `message`, an earlier answer of the assistant."""
+    return [msg("user"), {"role": "assistant", **message}, msg("user")]
 
 
 # ---------------------------------------------------------------- the table
@@ -137,6 +161,30 @@ INSIDE = [
     ),
     ok("messages", [msg("user"), msg("assistant")], id="messages=assistant"),
     ok("messages", TOOL_TURN, id="messages=tool-with-tool_call_id"),
+    ok(
+        "messages",
+        answered({"content": "x", **OPENAI_ANSWER_KEYS}),
+        answered({"content": "x"}),
+        id="messages=assistant-openai-answer-keys-removed",
+    ),
+    ok(
+        "messages",
+        answered({"content": "x", **VLLM_ANSWER_KEYS}),
+        answered({"content": "x"}),
+        id="messages=assistant-vllm-answer-keys-removed",
+    ),
+    ok(
+        "messages",
+        answered({"content": JSON_TEXT, "parsed": {"a": 1}}),
+        answered({"content": JSON_TEXT}),
+        id="messages=assistant-parsed-restating-content-removed",
+    ),
+    ok(
+        "messages",
+        answered({"content": None, "tool_calls": [PARSED_CALL], "parsed": None}),
+        answered({"tool_calls": [CALL]}),
+        id="messages=assistant-call-index-and-parsed_arguments-removed",
+    ),
     ok("messages", user(TEXT), id="messages=part-text"),
     *(ok("messages", user(TEXT, part(kind)), id=f"messages=part-{kind}") for kind in MEDIA),
     ok(
@@ -277,6 +325,63 @@ OUTSIDE = [
         "messages[1]",
         id="messages=assistant-says-nothing",
     ),
+    *(
+        bad(
+            "messages",
+            answered({"content": "x", key: value}),
+            f"messages[1].{key}",
+            id=f"messages=assistant-{key}-with-a-value",
+        )
+        for key, value in [
+            ("annotations", [{"type": "url_citation", "url_citation": {"url": CANARY}}]),
+            ("audio", {"id": CANARY}),
+            ("function_call", {"name": "lookup", "arguments": CANARY}),
+            ("reasoning_content", CANARY),
+            ("reasoning", CANARY),
+        ]
+    ),
+    bad(
+        "messages",
+        answered({"content": JSON_TEXT, "parsed": {"a": CANARY}}),
+        "messages[1].parsed",
+        id="messages=assistant-parsed-not-the-content",
+    ),
+    bad(
+        "messages",
+        answered({"content": CANARY, "parsed": CANARY}),
+        "messages[1].parsed",
+        id="messages=assistant-parsed-of-non-json-content",
+    ),
+    bad(
+        "messages",
+        answered({"content": None, "tool_calls": [CALL], "parsed": {"a": 1}}),
+        "messages[1].parsed",
+        id="messages=assistant-parsed-without-content",
+    ),
+    bad(
+        "messages",
+        answered(
+            {
+                "tool_calls": [
+                    {**CALL, "function": {**CALL["function"], "parsed_arguments": {"a": CANARY}}}
+                ]
+            }
+        ),
+        "messages[1].tool_calls[0].function.parsed_arguments",
+        id="messages=assistant-parsed_arguments-not-the-arguments",
+    ),
+    bad(
+        "messages",
+        answered({"tool_calls": [{**CALL, "index": 1}]}),
+        "messages[1].tool_calls[0].index",
+        id="messages=assistant-call-index-not-its-position",
+    ),
+    bad(
+        "messages",
+        answered({"content": None, "tool_calls": []}),
+        "messages[1]",
+        id="messages=assistant-empty-tool_calls-says-nothing",
+    ),
     bad("presence_penalty", -2.01),
     bad("presence_penalty", 2.01),
     bad("frequency_penalty", -2.01),
@@ -318,6 +423,22 @@ OUTSIDE = [
         id="response_format=regex-no-pattern",
     ),
     bad("response_format", {"type": "regex", "pattern": ""}, "response_format.pattern"),
+    bad(
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}, "strict": True},
+        "response_format.json_schema",
+        id="response_format=strict-beside-and-inside-json_schema",
+    ),
+    bad(
+        "response_format",
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "description": CANARY, "schema": SCHEMA},
+        },
+        "response_format.description",
+        code="unsupported_parameter",
+        id="response_format=json_schema-description-on-together",
+    ),
     bad("tools", {"type": "function"}, id="tools=not-a-list"),
     bad("tools", [{"type": CANARY, "function": {"name": "f"}}], "tools[0].type"),
     bad(

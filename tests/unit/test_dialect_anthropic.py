@@ -97,6 +97,20 @@ def test_golden_request_becomes_the_exact_upstream_body(case: Path) -> None:
     assert DIALECT.build_body(request, UPSTREAM, PUBLIC) == golden_case["upstream"]
 
 
+@pytest.mark.parametrize("case", golden("refusals", "*.json"), ids=lambda path: path.stem)
+def test_golden_refusal_names_the_parameter(case: Path) -> None:
+    golden_case = json.loads(case.read_text())
+    request = ChatCompletionRequest.model_validate_json(json.dumps(golden_case["request"]))
+
+    with pytest.raises(InvalidRequest) as refused:
+        DIALECT.build_body(request, UPSTREAM, PUBLIC)
+
+    error = refused.value
+    assert {"param": error.param, "code": error.code, "message": error.message} == golden_case[
+        "refused"
+    ]
+
+
 @pytest.mark.parametrize("case", golden("responses", "*.json"), ids=lambda path: path.stem)
 def test_golden_anthropic_message_becomes_the_exact_chat_completion(case: Path) -> None:
     golden_case = json.loads(case.read_text())
@@ -127,6 +141,7 @@ def test_golden_anthropic_stream_becomes_the_exact_openai_chunks(
 
 def test_every_golden_folder_holds_cases() -> None:
     assert golden("requests", "*.json")
+    assert golden("refusals", "*.json")
     assert golden("responses", "*.json")
     assert STREAM_CASES
 

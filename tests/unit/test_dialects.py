@@ -48,6 +48,27 @@ def test_golden_request_becomes_the_exact_upstream_body(case: Path) -> None:
     assert dialect.build_body(request, "upstream-name", "public") == golden_case["upstream"]
 
 
+@pytest.mark.parametrize(
+    "case",
+    golden("[!a]*/refusals/*.json"),  # anthropic's have their own file
+    ids=lambda path: f"{path.parts[-3]}/{path.stem}",
+)
+def test_golden_refusal_names_the_parameter(case: Path) -> None:
+    """A request the upstream has no place for part of: `refused` holds the error's
+    param, code and exact message (which never quotes the client's values)."""
+    golden_case = json.loads(case.read_text())
+    request = parse_chat_request(json.dumps(golden_case["request"]).encode())
+    dialect = DIALECTS[case.parts[-3]]
+
+    with pytest.raises(InvalidRequest) as refused:
+        dialect.build_body(request, "upstream-name", "public")
+
+    error = refused.value
+    assert {"param": error.param, "code": error.code, "message": error.message} == golden_case[
+        "refused"
+    ]
+
+
 def test_every_dialect_has_golden_requests() -> None:
     assert {path.parts[-3] for path in golden("*/requests/*.json")} == set(DIALECTS)
 
