@@ -192,7 +192,7 @@ class RateLimitConfig(BaseModel):
 
 
 class RetryConfig(BaseModel):
-    """Retries on another upstream after 429, 503, 504 or a failed connection."""
+    """Retries on another upstream after 429, 503, 504, 529 or a failed connection."""
 
     model_config = _FROZEN
 

@@ -156,6 +156,8 @@ def from_upstream(
         )
     if status == 504:
         return UpstreamTimeout("The upstream timed out.")
+    if status == 529:  # Anthropic's overloaded_error; the contract has no 529
+        return UpstreamUnavailable("The upstream is overloaded (HTTP 529).")
     if status == 413:
         too_large = PayloadTooLarge(message or "The upstream found the request too large.")
         too_large.upstream_text = message is not None
