@@ -34,6 +34,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
         # The message quotes the upstream, whose text may echo the request's content.
         self.upstream_text = False
+        # The upstream's own status, for an error that reports one (see from_upstream): it,
+        # not the status the client is answered with, decides whether to try elsewhere.
+        self.upstream_status: int | None = None
 
     def withheld(self) -> GatewayError:
         """This error with the upstream's own words replaced (for HIPAA requests, whose
@@ -142,6 +145,14 @@ def from_upstream(
 
     An upstream's refusal of the gateway's own credentials (401/403) is the operator's
     problem, not the client's: a 503 that says so, never a 401 blaming the client's key."""
+    error = _for_upstream_status(status, message, param, code, retry_after)
+    error.upstream_status = status
+    return error
+
+
+def _for_upstream_status(
+    status: int, message: str | None, param: str | None, code: str | None, retry_after: str | None
+) -> GatewayError:
     if status in (401, 403):
         return UpstreamUnavailable(
             "The upstream refused the gateway's own credentials; "

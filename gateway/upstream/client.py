@@ -201,11 +201,7 @@ class UpstreamClient:
         except StopAsyncIteration:
             raise _unreachable("The upstream ended the stream before any event.") from None
         except GatewayError as error:  # reported inside the stream, before anything was sent
-            raise AttemptFailed(
-                error,
-                retryable=error.status in RETRYABLE_STATUSES,
-                unhealthy=error.status >= 500,
-            ) from None
+            raise _failed_in_stream(error) from None
         except EventTooLarge:
             raise _bad_answer("The upstream sent an event larger than allowed.") from None
         except TimeoutError:
@@ -254,11 +250,25 @@ async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
     message, param, code = await _upstream_error_fields(response)
     retry_after = response.headers.get("Retry-After")
     error = from_upstream(status, message, param=param, code=code, retry_after=retry_after)
+    return _failed_with(error, status, parse_retry_after(retry_after))
+
+
+def _failed_in_stream(error: GatewayError) -> AttemptFailed:
+    """An error event before the stream's first event, judged by the upstream's own status
+    as if it had come as the HTTP status (Anthropic's in-stream `overloaded_error` is a
+    529, vLLM's `code` an HTTP status), not by the status the client would get: an
+    in-stream 500 is no more retried than an HTTP 500. An event the gateway could not read
+    names no upstream status and is judged by its own (503)."""
+    status = error.upstream_status if error.upstream_status is not None else error.status
+    return _failed_with(error, status, None)
+
+
+def _failed_with(error: GatewayError, status: int, retry_after_s: float | None) -> AttemptFailed:
     return AttemptFailed(
         error,
         retryable=status in RETRYABLE_STATUSES,
         unhealthy=status >= 500,
-        retry_after_s=parse_retry_after(retry_after),
+        retry_after_s=retry_after_s,
     )
 
 
