@@ -77,47 +77,56 @@ class UpstreamCaller:
         record: CallRecord,
     ) -> JsonAnswer | StreamAnswer:
         tried: set[str] = set()
-        failure: AttemptFailed | None = None
-        for attempt in range(1, self._config.max_attempts + 1):
-            retrying = failure is not None
-            if failure is not None:
-                if not self._may_retry(failure, route, record):
-                    break
-                wait = backoff_s(attempt - 1, self._config, self._rng, failure.retry_after_s)
-                await asyncio.sleep(wait)
-            target = self._balancer.pick(route, tried)
-            tried.add(target.upstream_name)
-            record.upstream, record.attempts = target.upstream_name, attempt
+        attempt = 0
+        # Before a retry, its backoff; the retry then holds a slot of the budget until it
+        # ends, however it ends (the client may leave during the backoff).
+        backoff: float | None = None
+        while True:
+            attempt += 1
             try:
+                if backoff is not None:
+                    await asyncio.sleep(backoff)
+                target = self._balancer.pick(route, tried)
+                tried.add(target.upstream_name)
+                record.upstream, record.attempts = target.upstream_name, attempt
                 answer = await self._attempt(target, route, translation, stream, request_id)
             except AttemptFailed as failed:
                 failure = failed
-                if failed.unhealthy and self._health.record_failure(target.upstream_name):
-                    self._metrics.ejections.labels(upstream=target.upstream_name).inc()
-                continue
+            else:
+                self._health.record_success(target.upstream_name)
+                return answer
             finally:
-                if retrying:
+                if backoff is not None:
                     self.budget.release()
-            self._health.record_success(target.upstream_name)
-            return answer
-        assert failure is not None
-        raise failure.error
+            if failure.unhealthy and self._health.record_failure(target.upstream_name):
+                self._metrics.ejections.labels(upstream=target.upstream_name).inc()
+            backoff = self._retry_backoff(failure, attempt, route, record)
+            if backoff is None:
+                raise failure.error
 
-    def _may_retry(self, failure: AttemptFailed, route: Route, record: CallRecord) -> bool:
-        if not failure.retryable:
-            return False
+    def _retry_backoff(
+        self,
+        failure: AttemptFailed,
+        attempts: int,
+        route: Route,
+        record: CallRecord,
+    ) -> float | None:
+        """How long to wait before retrying after `attempts` tries, taking a slot of the
+        retry budget; None when the failure is the call's answer."""
+        if not failure.retryable or attempts >= self._config.max_attempts:
+            return None
         if (
             failure.retry_after_s is not None
             and failure.retry_after_s > self._config.max_retry_after_s
         ):
-            return False  # the client is better told to come back later
+            return None  # the client is better told to come back later
         if not self.budget.try_acquire():
             self._metrics.retries_refused.labels(model=route.model).inc()
-            return False
+            return None
         self._metrics.retries.labels(
             model=route.model, upstream=record.upstream or "", reason=_reason(failure)
         ).inc()
-        return True
+        return backoff_s(attempts, self._config, self._rng, failure.retry_after_s)
 
     async def _attempt(
         self,
