@@ -137,9 +137,11 @@ async def test_unreachable_upstream_is_503(start_gateway: StartGateway) -> None:
     assert assert_openai_error(body)["code"] == "upstream_unavailable"
 
 
-async def test_hung_upstream_is_504_within_the_read_timeout(
+async def test_hung_only_upstream_is_504_within_the_first_byte_timeout(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
+    """A timed-out try is retried only on another upstream (the same one again would
+    double the wait): a model's only upstream gets one try."""
     raw = config_dict(upstream.url)
     raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "first_byte": 0.5, "idle": 5, "total": 10}
     gateway = await start_gateway(raw)
@@ -152,6 +154,7 @@ async def test_hung_upstream_is_504_within_the_read_timeout(
     assert status == 504
     assert assert_openai_error(body)["code"] == "upstream_timeout"
     assert 0.5 <= elapsed < 2.0
+    assert len(upstream.state.requests) == 1  # the next one would have been answered
 
 
 async def test_upstream_answer_that_is_not_json_is_503(
