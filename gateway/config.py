@@ -80,14 +80,26 @@ class ServerConfig(BaseModel):
 
 
 class UpstreamTimeouts(BaseModel):
+    """How long one attempt at this upstream may wait. Until the answer is committed (a
+    whole answer read, a stream's first event) a timeout is retried on another upstream,
+    within `retries.deadline_s`, which also cuts every wait short; after it, only `idle`
+    and `total` apply, and a stream that runs out ends with an error event."""
+
     model_config = _FROZEN
 
+    # Establishing the connection (TCP and TLS; aiohttp counts waiting for a free pooled
+    # connection too). Running out of it is a failed connection, retried like one (the
+    # same upstream included, as it may have been a passing refusal).
     connect: Seconds = 5.0
-    # From sending the request to the response headers.
+    # Per try (Envoy's per_try_timeout): from the attempt's start, connecting included, to
+    # the response headers. Then the call goes on with another upstream, if any is left
+    # untried and the deadline leaves room, or ends in 504.
     first_byte: Seconds = 60.0
-    # Longest silence while reading the answer: between two stream events, or within a body.
+    # Longest silence while reading: for the headers once the request is sent, within a
+    # whole answer, before a stream's first event (each retried like first_byte), and
+    # between later stream events (which ends the stream: bytes reached the client).
     idle: Seconds = 60.0
-    # The whole call, stream included.
+    # One attempt from start to end, a stream's whole length included.
     total: Seconds = 600.0
 
 
@@ -193,12 +205,21 @@ class RateLimitConfig(BaseModel):
 
 
 class RetryConfig(BaseModel):
-    """Retries on another upstream after 429, 503, 504 or a failed connection."""
+    """Retries on another upstream after 429, 503, 504, 529, a failed connection or a
+    per-try timeout."""
 
     model_config = _FROZEN
 
     # Upstream attempts per request, the first included.
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # The most one upstream call may take until its answer is committed (a whole answer
+    # read, or a stream's first event): every try and backoff included. Each try waits
+    # at most what is left of it, so a call whose upstreams all hang gets its 504 here,
+    # not after max_attempts x first_byte; a retry is made only if time is left after its
+    # backoff. 120 s is twice the default first_byte: room for one full retry after a
+    # hung upstream, and a 504 well before the client's own timeout (600 s in the openai
+    # SDK). A stream, once started, is bound by its upstream's idle and total instead.
+    deadline_s: Seconds = 120.0
     # Retries in flight may not exceed this share of requests in flight...
     budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
     # ...except that this many are always allowed (Envoy's defaults: 20%, 3).

@@ -47,6 +47,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
         # The message quotes the upstream, whose text may echo the request's content.
         self.upstream_text = False
+        # The upstream's own status, for an error that reports one (see from_upstream): it,
+        # not the status the client is answered with, decides whether to try elsewhere.
+        self.upstream_status: int | None = None
 
     def withheld(self) -> GatewayError:
         """This error with the upstream's own words replaced (for HIPAA requests, whose
@@ -155,6 +158,14 @@ def from_upstream(
 
     An upstream's refusal of the gateway's own credentials (401/403) is the operator's
     problem, not the client's: a 503 that says so, never a 401 blaming the client's key."""
+    error = _for_upstream_status(status, message, param, code, retry_after)
+    error.upstream_status = status
+    return error
+
+
+def _for_upstream_status(
+    status: int, message: str | None, param: str | None, code: str | None, retry_after: str | None
+) -> GatewayError:
     if status in (401, 403):
         return UpstreamUnavailable(
             "The upstream refused the gateway's own credentials; "
@@ -169,6 +180,8 @@ def from_upstream(
         )
     if status == 504:
         return UpstreamTimeout("The upstream timed out.")
+    if status == 529:  # Anthropic's overloaded_error; the contract has no 529
+        return UpstreamUnavailable("The upstream is overloaded (HTTP 529).")
     if status == 413:
         too_large = PayloadTooLarge(message or "The upstream found the request too large.")
         too_large.upstream_text = message is not None

@@ -9,7 +9,8 @@ Anthropic's `{"type": "error", "error": {...}}` body, so the anthropic dialect m
 same refusals it would meet in production.
 
 Faults are the shared `Behavior`s; `stream_error=<status>` sends Anthropic's own in-stream
-`error` event with the error type of that status.
+`error` event with the error type of that status (`stream_error=529`: `overloaded_error`),
+and `status=529` answers Anthropic's HTTP overload.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from gateway.testing.fake_upstream import (
     EchoAnswer,
     FakeUpstream,
     RecordedRequest,
-    play_fault,
     text_of,
 )
 
@@ -56,7 +56,7 @@ async def anthropic_messages(state: FakeUpstream, request: web.Request) -> web.S
 
     if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
         return _error(401, "invalid x-api-key")
-    if (status := await play_fault(behavior, request)) is not None:
+    if (status := await state.play_fault(behavior, request)) is not None:
         return _error(status, f"fake upstream error {status}", headers=behavior.headers())
     if "anthropic-version" not in headers:
         return _error(400, "anthropic-version: header is required")
@@ -70,7 +70,9 @@ async def anthropic_messages(state: FakeUpstream, request: web.Request) -> web.S
     input_tokens = answer.prompt_tokens + len(text_of(body.get("system")).split())
     if body.get("stream"):
         return await _stream(state, request, answer, input_tokens, behavior)
-    return web.json_response(
+    return await state.answer_whole(
+        request,
+        behavior,
         {
             "id": "msg_fake",
             "type": "message",
@@ -80,7 +82,7 @@ async def anthropic_messages(state: FakeUpstream, request: web.Request) -> web.S
             "stop_reason": _STOP_REASONS[answer.finish_reason],
             "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": len(answer.words)},
-        }
+        },
     )
 
 

@@ -18,8 +18,9 @@ with the behavior `shape=vllm`.
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
-`stall_after=2` (silence mid-stream), `stream_error=400;error_after=2` (vLLM's way: an
-error event inside a 200 stream), and `shape=vllm` (not a fault: vLLM's message keys).
+`stall_after=2` (silence mid-stream), `stall_body` (a whole answer's headers and half its
+body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event inside a
+200 stream), and `shape=vllm` (not a fault: vLLM's message keys).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -47,6 +48,7 @@ class Behavior:
     abort_after: int | None = None  # stream this many content events, then drop
     delay: float = 0.0  # seconds before each stream event, and before an error status
     stall_after: int | None = None  # stream this many content events, then go silent
+    stall_body: bool = False  # a whole answer: headers and half the body, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
     shape: str = "openai"  # whose response-only message keys a whole answer carries
@@ -74,6 +76,8 @@ class Behavior:
                 behavior = replace(behavior, delay=float(value))
             elif key == "stall_after":
                 behavior = replace(behavior, stall_after=int(value))
+            elif key == "stall_body":
+                behavior = replace(behavior, stall_body=True)
             elif key == "stream_error":
                 behavior = replace(behavior, stream_error=int(value))
             elif key == "error_after":
@@ -83,20 +87,6 @@ class Behavior:
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
-
-
-async def play_fault(behavior: Behavior, request: web.Request) -> int | None:
-    """The fault to play before answering: drops the connection, hangs, or waits and
-    returns the error status to answer with; None to answer normally."""
-    if behavior.reset:
-        assert request.transport is not None
-        request.transport.abort()
-        return 500  # never reaches anyone: the connection is gone
-    if behavior.hang:
-        await asyncio.Event().wait()
-    if behavior.status is not None and behavior.delay:
-        await asyncio.sleep(behavior.delay)
-    return behavior.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +104,8 @@ class FakeUpstream:
     api_key: str | None = None
     script: deque[Behavior] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
-    # Request ids of streams whose client disconnected before the stream ended.
+    # Request ids of requests whose client disconnected before the answer ended: a stream
+    # cut short, or a hang or stall the client gave up on.
     disconnected: list[str] = field(default_factory=list)
     completed_streams: int = 0
 
@@ -138,6 +129,43 @@ class FakeUpstream:
             return self.script.popleft()
         return self.default
 
+    async def play_fault(self, behavior: Behavior, request: web.Request) -> int | None:
+        """The fault to play before answering: drops the connection, hangs, or waits and
+        returns the error status to answer with; None to answer normally."""
+        if behavior.reset:
+            assert request.transport is not None
+            request.transport.abort()
+            return 500  # never reaches anyone: the connection is gone
+        if behavior.hang:
+            await self._until_the_client_leaves(request)
+        if behavior.status is not None and behavior.delay:
+            await asyncio.sleep(behavior.delay)
+        return behavior.status
+
+    async def answer_whole(
+        self, request: web.Request, behavior: Behavior, answer: dict[str, Any]
+    ) -> web.StreamResponse:
+        """A whole JSON answer, or with `stall_body` its headers and half its body, then
+        silence until the client gives up."""
+        if not behavior.stall_body:
+            return web.json_response(answer)
+        body = json.dumps(answer).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await self._until_the_client_leaves(request)
+        return response  # never reached: the wait ends only by cancellation
+
+    async def _until_the_client_leaves(self, request: web.Request) -> None:
+        # The server cancels a handler whose client went away: that is the moment the
+        # client released the connection, which tests of timeouts assert.
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.disconnected.append(request.headers.get("x-request-id", ""))
+            raise
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
@@ -155,7 +183,7 @@ class FakeUpstream:
             f"Bearer {self.api_key}"
         ):
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
-        if (status := await play_fault(behavior, request)) is not None:
+        if (status := await self.play_fault(behavior, request)) is not None:
             return _error(status, f"fake upstream error {status}", headers=behavior.headers())
         if not isinstance(body.get("messages"), list):
             return _error(400, "messages is required", param="messages")
@@ -163,7 +191,9 @@ class FakeUpstream:
         answer = EchoAnswer.of(body)
         if body.get("stream"):
             return await self._stream(request, body, answer, behavior)
-        return web.json_response(answer.completion(response_only_keys(behavior.shape)))
+        return await self.answer_whole(
+            request, behavior, answer.completion(response_only_keys(behavior.shape))
+        )
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior

@@ -1,10 +1,15 @@
 """The upstream stage: pick an upstream, call it, and on a retryable failure try another,
-within the request's attempt limit and the gateway's retry budget, with jittered backoff
-that honours the upstream's Retry-After. Every attempt's outcome feeds passive health.
+within the request's attempt limit, its deadline and the gateway's retry budget, with
+jittered backoff that honours the upstream's Retry-After. Every attempt's outcome feeds
+passive health.
 
 Only failures before anything reached the client are retried: a whole answer not yet
-read, or a stream before its first event. When every attempt failed, the client gets the
-last failure (503, or 504 after a timeout), whose message names no upstream secret.
+read, or a stream before its first event. A try that timed out (the upstream's
+`first_byte`, or `idle` before the answer is committed) is retried on an upstream this
+call has not tried yet; every try waits at most what is left of `retries.deadline_s`, so
+a call whose upstreams all hang ends at the deadline, not after attempts x first_byte.
+When every attempt failed, the client gets the last failure (503, or 504 after a
+timeout), whose message names no upstream secret.
 """
 
 from __future__ import annotations
@@ -76,48 +81,70 @@ class UpstreamCaller:
         request_id: str,
         record: CallRecord,
     ) -> JsonAnswer | StreamAnswer:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.deadline_s
         tried: set[str] = set()
-        failure: AttemptFailed | None = None
-        for attempt in range(1, self._config.max_attempts + 1):
-            retrying = failure is not None
-            if failure is not None:
-                if not self._may_retry(failure, route, record):
-                    break
-                wait = backoff_s(attempt - 1, self._config, self._rng, failure.retry_after_s)
-                await asyncio.sleep(wait)
-            target = self._balancer.pick(route, tried)
-            tried.add(target.upstream_name)
-            record.upstream, record.attempts = target.upstream_name, attempt
+        attempt = 0
+        # Before a retry, its backoff; the retry then holds a slot of the budget until it
+        # ends, however it ends (the client may leave during the backoff).
+        backoff: float | None = None
+        while True:
+            attempt += 1
             try:
-                answer = await self._attempt(target, route, translation, stream, request_id)
+                if backoff is not None:
+                    await asyncio.sleep(backoff)
+                target = self._balancer.pick(route, tried)
+                tried.add(target.upstream_name)
+                record.upstream, record.attempts = target.upstream_name, attempt
+                answer = await self._attempt(
+                    target, route, translation, stream, request_id, deadline
+                )
             except AttemptFailed as failed:
                 failure = failed
-                if failed.unhealthy and self._health.record_failure(target.upstream_name):
-                    self._metrics.ejections.labels(upstream=target.upstream_name).inc()
-                continue
+            else:
+                self._health.record_success(target.upstream_name)
+                return answer
             finally:
-                if retrying:
+                if backoff is not None:
                     self.budget.release()
-            self._health.record_success(target.upstream_name)
-            return answer
-        assert failure is not None
-        raise failure.error
+            if failure.unhealthy and self._health.record_failure(target.upstream_name):
+                self._metrics.ejections.labels(upstream=target.upstream_name).inc()
+            backoff = self._retry_backoff(
+                failure, attempt, route, tried, deadline - loop.time(), record
+            )
+            if backoff is None:
+                raise failure.error
 
-    def _may_retry(self, failure: AttemptFailed, route: Route, record: CallRecord) -> bool:
-        if not failure.retryable:
-            return False
+    def _retry_backoff(
+        self,
+        failure: AttemptFailed,
+        attempts: int,
+        route: Route,
+        tried: set[str],
+        remaining_s: float,
+        record: CallRecord,
+    ) -> float | None:
+        """How long to wait before retrying after `attempts` tries, taking a slot of the
+        retry budget; None when the failure is the call's answer."""
+        if not failure.retryable or attempts >= self._config.max_attempts:
+            return None
+        if failure.timed_out and all(t.upstream_name in tried for t in route.targets):
+            return None  # the same hung upstream again would only double the wait
         if (
             failure.retry_after_s is not None
             and failure.retry_after_s > self._config.max_retry_after_s
         ):
-            return False  # the client is better told to come back later
+            return None  # the client is better told to come back later
+        wait = backoff_s(attempts, self._config, self._rng, failure.retry_after_s)
+        if wait >= remaining_s:
+            return None  # no room left for another try: the client learns it now
         if not self.budget.try_acquire():
             self._metrics.retries_refused.labels(model=route.model).inc()
-            return False
+            return None
         self._metrics.retries.labels(
             model=route.model, upstream=record.upstream or "", reason=_reason(failure)
         ).inc()
-        return True
+        return wait
 
     async def _attempt(
         self,
@@ -126,6 +153,7 @@ class UpstreamCaller:
         translation: Translation,
         stream: bool,
         request_id: str,
+        deadline: float,
     ) -> JsonAnswer | StreamAnswer:
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
         state = self._health.state[target.upstream_name]
@@ -140,6 +168,7 @@ class UpstreamCaller:
                 route.model,
                 translator,
                 stream,
+                deadline,
             )
         except BaseException:
             state.outstanding -= 1

@@ -6,8 +6,14 @@ translated), or a stream's first event. Until then nothing has reached the clien
 failure may be retried elsewhere (`AttemptFailed.retryable`); after it, a stream's failure
 can only end the stream (see `relay`).
 
-Timeouts per upstream: `connect`; `first_byte`, from sending to the response headers;
-`idle`, the longest silence while reading (between stream events); `total`.
+Timeouts per upstream, for one attempt: `connect`; `first_byte`, the per-try timeout
+(Envoy's per_try_timeout), from the attempt's start to the response headers; `idle`, the
+longest silence while reading (for the headers once the request is sent, within a whole
+answer, before and between stream events); `total`, the attempt including the whole
+stream. An attempt also never waits past the deadline its caller gives (what is left of
+`retries.deadline_s`). A timeout before the answer is committed is retryable on another
+upstream (`AttemptFailed.timed_out`); one cut short by the deadline is not held against
+the upstream.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class AttemptFailed(Exception):
         retryable: bool,
         unhealthy: bool,
         retry_after_s: float | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(error.message)
         self.error = error
@@ -50,6 +57,9 @@ class AttemptFailed(Exception):
         # Counts against the upstream's passive health (5xx, connection, timeout).
         self.unhealthy = unhealthy
         self.retry_after_s = retry_after_s
+        # The gateway stopped waiting (not an upstream's 504): worth another upstream, never
+        # the same one, whose second wait would only double the first.
+        self.timed_out = timed_out
 
 
 @dataclass(slots=True)
@@ -122,21 +132,38 @@ class UpstreamClient:
         public_model: str,
         translator: StreamTranslator | None,
         stream: bool,
+        deadline: float,
     ) -> JsonAnswer | StreamAnswer:
-        """One call; raises AttemptFailed. A StreamAnswer owns its open response."""
+        """One attempt, up to an answer safe to commit to; raises AttemptFailed. It waits
+        no longer than the upstream's own timeouts allow, nor past `deadline` (event-loop
+        time: the end of the whole call's budget). A StreamAnswer owns its open response,
+        and the rest of its stream is no longer bound by the deadline (`idle` and `total`
+        bound it)."""
         endpoint = self._endpoints[target.upstream_name]
         headers = endpoint.headers.copy()
         headers["x-request-id"] = request_id
-        response = await self._post(endpoint, body, headers)
         try:
-            if response.status >= 300:
-                raise await _failed_status(response)
-            if stream:
-                return await self._first_event(response, translator)
-            return await self._whole(response, target, public_model)
-        except BaseException:
-            response.close()
-            raise
+            async with asyncio.timeout_at(deadline):
+                response = await self._post(endpoint, body, headers)
+                try:
+                    if response.status >= 300:
+                        raise await _failed_status(response)
+                    if stream:
+                        return await self._first_event(response, translator)
+                    return await self._whole(response, target, public_model)
+                except BaseException:
+                    response.close()
+                    raise
+        except TimeoutError:
+            # Only the deadline's expiry arrives here: the upstream's own timeouts are
+            # AttemptFailed already. The call ran out of time, which says nothing about
+            # the upstream, whose own timeout may be longer: not held against it.
+            raise AttemptFailed(
+                UpstreamTimeout("The upstream did not answer within the request's deadline."),
+                retryable=False,
+                unhealthy=False,
+                timed_out=True,
+            ) from None
 
     async def _post(
         self, endpoint: _Endpoint, body: bytes, headers: CIMultiDict[str]
@@ -201,11 +228,7 @@ class UpstreamClient:
         except StopAsyncIteration:
             raise _unreachable("The upstream ended the stream before any event.") from None
         except GatewayError as error:  # reported inside the stream, before anything was sent
-            raise AttemptFailed(
-                error,
-                retryable=error.status in RETRYABLE_STATUSES,
-                unhealthy=error.status >= 500,
-            ) from None
+            raise _failed_in_stream(error) from None
         except EventTooLarge:
             raise _bad_answer("The upstream sent an event larger than allowed.") from None
         except TimeoutError:
@@ -254,17 +277,31 @@ async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
     message, param, code = await _upstream_error_fields(response)
     retry_after = response.headers.get("Retry-After")
     error = from_upstream(status, message, param=param, code=code, retry_after=retry_after)
+    return _failed_with(error, status, parse_retry_after(retry_after))
+
+
+def _failed_in_stream(error: GatewayError) -> AttemptFailed:
+    """An error event before the stream's first event, judged by the upstream's own status
+    as if it had come as the HTTP status (Anthropic's in-stream `overloaded_error` is a
+    529, vLLM's `code` an HTTP status), not by the status the client would get: an
+    in-stream 500 is no more retried than an HTTP 500. An event the gateway could not read
+    names no upstream status and is judged by its own (503)."""
+    status = error.upstream_status if error.upstream_status is not None else error.status
+    return _failed_with(error, status, None)
+
+
+def _failed_with(error: GatewayError, status: int, retry_after_s: float | None) -> AttemptFailed:
     return AttemptFailed(
         error,
         retryable=status in RETRYABLE_STATUSES,
         unhealthy=status >= 500,
-        retry_after_s=parse_retry_after(retry_after),
+        retry_after_s=retry_after_s,
     )
 
 
 def _timed_out(message: str) -> AttemptFailed:
-    # Not retried: another attempt could double the wait the timeout was meant to bound.
-    return AttemptFailed(UpstreamTimeout(message), retryable=False, unhealthy=True)
+    # A per-try timeout: retried on another upstream if the deadline leaves room for it.
+    return AttemptFailed(UpstreamTimeout(message), retryable=True, unhealthy=True, timed_out=True)
 
 
 def _unreachable(message: str) -> AttemptFailed:

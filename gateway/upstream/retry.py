@@ -8,8 +8,9 @@ import random
 
 from gateway.config import RetryConfig
 
-# Upstream statuses worth trying elsewhere: overloaded, timed out, rate limited.
-RETRYABLE_STATUSES = frozenset({429, 503, 504})
+# Upstream statuses worth trying elsewhere: overloaded, timed out, rate limited. 529 is
+# Anthropic's `overloaded_error`: a 503 by another number, and treated as one.
+RETRYABLE_STATUSES = frozenset({429, 503, 504, 529})
 
 
 class RetryBudget:

@@ -69,6 +69,26 @@ async def test_upstream_failure_maps_to_gateway_status(
     assert len(upstream.state.requests) == attempts
 
 
+@pytest.mark.parametrize("upstream_status", [400, 429, 500, 503, 504])
+async def test_an_error_event_before_a_streams_first_event_is_judged_like_its_http_status(
+    gateway: RunningGateway, upstream: RunningUpstream, upstream_status: int
+) -> None:
+    """vLLM reports some errors inside a 200 stream, with the HTTP status as `code`:
+    before anything reached the client, the same status, code and retries as if the
+    upstream had answered with that status."""
+    upstream.state.default = Behavior(status=upstream_status)
+    as_status, _, status_body = await post(gateway, chat_body())
+    status_attempts = len(upstream.state.requests)
+    upstream.state.requests.clear()
+
+    upstream.state.default = Behavior(stream_error=upstream_status)
+    in_stream, _, stream_body = await post(gateway, chat_body(stream=True))
+
+    assert in_stream == as_status
+    assert stream_body["error"]["code"] == status_body["error"]["code"]
+    assert len(upstream.state.requests) == status_attempts
+
+
 async def test_refused_upstream_credentials_are_a_503_naming_the_operator(
     gateway: RunningGateway, upstream: RunningUpstream
 ) -> None:
@@ -117,9 +137,11 @@ async def test_unreachable_upstream_is_503(start_gateway: StartGateway) -> None:
     assert assert_openai_error(body)["code"] == "upstream_unavailable"
 
 
-async def test_hung_upstream_is_504_within_the_read_timeout(
+async def test_hung_only_upstream_is_504_within_the_first_byte_timeout(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
+    """A timed-out try is retried only on another upstream (the same one again would
+    double the wait): a model's only upstream gets one try."""
     raw = config_dict(upstream.url)
     raw["upstreams"]["fake"]["timeouts"] = {"connect": 1, "first_byte": 0.5, "idle": 5, "total": 10}
     gateway = await start_gateway(raw)
@@ -132,6 +154,7 @@ async def test_hung_upstream_is_504_within_the_read_timeout(
     assert status == 504
     assert assert_openai_error(body)["code"] == "upstream_timeout"
     assert 0.5 <= elapsed < 2.0
+    assert len(upstream.state.requests) == 1  # the next one would have been answered
 
 
 async def test_upstream_answer_that_is_not_json_is_503(

@@ -1,12 +1,11 @@
 """Several upstreams per model: weighted balancing, passive health (ejection after K
-failures, never the last upstream), retries on another upstream within a budget, errors
-reported inside streams, and timeouts that bound a hung upstream."""
+failures, never the last upstream), retries on another upstream within a budget, and
+errors reported inside streams. Timeouts have their own file (test_upstream_timeouts)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -209,30 +208,6 @@ async def test_error_inside_a_stream_after_events_ends_it_with_an_openai_error_e
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] == "The upstream failed (HTTP 503)."
     assert len(upstream.state.requests) == 1  # bytes reached the client: never retried
-
-
-async def test_hung_upstream_is_a_504_within_the_first_byte_bound(
-    start_gateway: StartGateway, upstream: RunningUpstream, second: RunningUpstream
-) -> None:
-    raw = two_upstreams(upstream, second)
-    for name in ("fake", "fake-b"):
-        raw["upstreams"][name]["timeouts"] = {
-            "connect": 1,
-            "first_byte": 0.4,
-            "idle": 5,
-            "total": 30,
-        }
-    gateway = await start_gateway(raw)
-    upstream.state.default = second.state.default = Behavior(hang=True)
-
-    started = time.perf_counter()
-    status, body = await post(gateway)
-    elapsed = time.perf_counter() - started
-
-    assert status == 504
-    assert body["error"]["code"] == "upstream_timeout"
-    assert 0.4 <= elapsed < 0.4 + 0.3  # a timeout is not retried: one bound, not three
-    assert len(upstream.state.requests) + len(second.state.requests) == 1
 
 
 async def test_dropped_parameter_is_named_in_a_header(
