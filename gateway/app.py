@@ -92,7 +92,6 @@ def build_app(
     app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
-    app.on_response_prepare.append(_add_exchange_headers)
     app.router.add_post("/v1/chat/completions", handlers.run(CHAT))
     app.router.add_get("/v1/models", handlers.run(MODEL_LIST))
     app.router.add_get("/v1/models/{model:.+}", handlers.run(MODEL_INFO))
@@ -167,12 +166,6 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def _add_exchange_headers(request: web.Request, response: web.StreamResponse) -> None:
-    exchange = request.get(EXCHANGE)
-    if exchange is not None:
-        response.headers.update(exchange.response_headers())
-
-
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id")
     if given is not None and _CLIENT_REQUEST_ID.fullmatch(given):
@@ -184,26 +177,26 @@ def _request_id(request: web.Request) -> str:
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     exchange = Exchange(request_id=_request_id(request), http=request)
     request[EXCHANGE] = exchange
-    status = 0
+    response: web.StreamResponse | None = None
     try:
         response = await handler(request)
-        status = response.status
-        return response
     except GatewayError as error:
-        status = error.status
-        return error_response(error)
+        response = error_response(error)
     except web.HTTPException as http_error:
-        refusal = _from_http_exception(http_error)
-        status = refusal.status
-        return error_response(refusal)
+        response = error_response(_from_http_exception(http_error))
     except Exception as exc:
         request.app[LOG].error(
             "internal_error", request_id=exchange.request_id, where=where_it_failed(exc)
         )
-        status = 500
-        return error_response(InternalError("The gateway failed on its own; this is a bug."))
+        response = error_response(InternalError("The gateway failed on its own; this is a bug."))
     finally:
-        _access_line(request, exchange, status)
+        _access_line(request, exchange, 0 if response is None else response.status)
+        # The exchange refers to the request: leaving it in the request would make a cycle
+        # that only the garbage collector could free, for every request.
+        del request[EXCHANGE]
+    if not response.prepared:  # a stream's relay added them before its first byte
+        response.headers.update(exchange.response_headers())
+    return response
 
 
 def _from_http_exception(http_error: web.HTTPException) -> GatewayError:

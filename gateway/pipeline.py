@@ -214,6 +214,9 @@ class Pipeline:
                 entered += 1
                 await stage.enter(exchange)
         except GatewayError as error:
+            # Kept without its traceback, whose frames refer to the exchange: a cycle that
+            # would keep the whole request alive until the garbage collector ran.
+            error.__traceback__ = error.__context__ = None
             exchange.error = error
         except (asyncio.CancelledError, ConnectionResetError):
             exchange.aborted = True

@@ -47,7 +47,9 @@ class Relay(Stage):
         options = need(exchange.request, "the request").stream_options
         client_wants_usage = bool(options and options.include_usage)
         relayed = exchange.relayed
-        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        response = web.StreamResponse(
+            status=200, headers={**_SSE_HEADERS, **exchange.response_headers()}
+        )
         exchange.response = response
         await response.prepare(exchange.http)
         relayed.first_byte_ms = exchange.elapsed_ms()

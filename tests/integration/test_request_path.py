@@ -9,7 +9,9 @@ limit."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 from typing import Any
 
 import aiohttp
@@ -212,3 +214,19 @@ async def test_the_model_endpoints_run_their_own_short_paths(gateway: RunningGat
         ("GET", 200, "team-a"),
         ("GET", 200, "team-a"),
     ]
+
+
+async def test_an_exchange_is_freed_with_its_request_without_the_garbage_collector(
+    gateway: RunningGateway,
+) -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        for body in (chat_body(), chat_body(stream=True), chat_body(model="no-such-model")):
+            assert (await post_chat(gateway, body)).status in (200, 404)
+        await asyncio.sleep(0.05)  # the server's side of the last request ends
+        alive = [o for o in gc.get_objects() if isinstance(o, Exchange)]
+    finally:
+        gc.enable()
+
+    assert alive == []  # no reference cycle keeps a request and its exchange around
