@@ -11,7 +11,8 @@ Faults on demand, from the first that applies: the `x-fake-behavior` request hea
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
 `stall_after=2` (silence mid-stream), `stream_error=400;error_after=2` (vLLM's way: an
-error event inside a 200 stream).
+error event inside a 200 stream), `usage_total=900` (the answer's `usage` reports 900
+tokens in all, whatever it says: a short request that costs a lot, for token limits).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -41,6 +42,7 @@ class Behavior:
     stall_after: int | None = None  # stream this many content events, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
+    usage_total: int | None = None  # report this total in `usage` (completion = total - prompt)
 
     def headers(self) -> dict[str, str] | None:
         """Headers of the error answer (Retry-After)."""
@@ -69,6 +71,8 @@ class Behavior:
                 behavior = replace(behavior, stream_error=int(value))
             elif key == "error_after":
                 behavior = replace(behavior, error_after=int(value))
+            elif key == "usage_total":
+                behavior = replace(behavior, usage_total=int(value))
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
@@ -150,6 +154,8 @@ class FakeUpstream:
             return _error(400, "messages is required", param="messages")
 
         answer = EchoAnswer.of(body)
+        if behavior.usage_total is not None:
+            answer = replace(answer, reported_total=behavior.usage_total)
         if body.get("stream"):
             return await self._stream(request, body, answer, behavior)
         return web.json_response(answer.completion())
@@ -214,6 +220,7 @@ class EchoAnswer:
     n: int
     prompt_tokens: int
     created: int
+    reported_total: int | None = None  # what `usage` claims in all, when set
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> EchoAnswer:
@@ -247,6 +254,8 @@ class EchoAnswer:
 
     def usage(self) -> dict[str, int]:
         completion = len(self.words) * self.n
+        if self.reported_total is not None:
+            completion = self.reported_total - self.prompt_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
