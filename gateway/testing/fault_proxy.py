@@ -106,6 +106,8 @@ class FaultProxy:
             finally:
                 self._writers -= {writer, server_writer}
                 server_writer.transport.abort()
+        except asyncio.CancelledError:
+            pass  # close() ends every connection; asyncio's stream callback must not see it
         finally:
             writer.transport.abort()
             self._handlers.discard(task)
