@@ -102,26 +102,32 @@ class LimiterBackend(Protocol):
     async def close(self) -> None: ...
 
 
+# Float slack in GCRA comparisons, in ms. Clock values are large (Redis's epoch
+# milliseconds are ~1.7e12, where a double resolves ~0.0002 ms), so a budget that is exactly
+# spent, or a count that is exactly whole, can come out a hair off; one microsecond of
+# slack absorbs that and admits nothing measurable (1 us of refill).
+SLACK_MS = 0.001
+
+
 def gcra(tat_ms: float, now_ms: float, check: LimitCheck) -> tuple[CheckResult, float]:
     """One GCRA decision: the result and the new theoretical arrival time if allowed.
 
     The bucket holds `limit` units refilled over `period_ms`; each unit is an interval of
-    period/limit ms, and the bucket is full when tat <= now."""
+    period/limit ms, and the bucket is full when tat <= now. Differences are taken between
+    nearby values only (`base - now`), never between a sum and a large clock value, which
+    would cancel digits."""
     interval = check.period_ms / check.limit
     base = max(tat_ms, now_ms)
-    new_tat = base + check.cost * interval
-    debt = new_tat - now_ms
+    current = base - now_ms
+    debt = current + check.cost * interval
+    left = max(int((check.period_ms - current + SLACK_MS) // interval), 0)
     if check.cost > check.limit:
-        current = base - now_ms
-        left = int((check.period_ms - current) // interval)
-        return CheckResult(False, max(left, 0), int(current), None), tat_ms
-    if debt > check.period_ms:
-        current = base - now_ms
-        left = int((check.period_ms - current) // interval)
+        return CheckResult(False, left, int(current), None), tat_ms
+    if debt > check.period_ms + SLACK_MS:
         retry = int(debt - check.period_ms) + 1
-        return CheckResult(False, max(left, 0), int(current), retry), tat_ms
-    left = int((check.period_ms - debt) // interval)
-    return CheckResult(True, left, int(debt), None), new_tat
+        return CheckResult(False, left, int(current), retry), tat_ms
+    left = int((check.period_ms - debt + SLACK_MS) // interval)
+    return CheckResult(True, left, int(debt), None), base + check.cost * interval
 
 
 def gcra_adjust(tat_ms: float, now_ms: float, adjustment: TokenAdjustment) -> float:

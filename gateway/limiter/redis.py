@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import RateLimitConfig
 from gateway.limiter.base import (
+    SLACK_MS,
     CheckResult,
     LimitCheck,
     LimiterUnavailable,
@@ -40,9 +41,10 @@ from gateway.limiter.base import (
 # Consecutive missed deadlines that mark Redis unavailable.
 _TIMEOUTS_TO_OPEN = 3
 
-_NOW = """
+_NOW = f"""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local slack = {SLACK_MS}
 """
 
 # KEYS: one per check. ARGV: lease_id, lease_ttl_ms, then per check kind ('b' bucket or
@@ -68,22 +70,23 @@ for i = 1, #KEYS do
       out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, 0, 0, 1000
     end
   else
+    -- As gcra() in base.py: differences between nearby values only.
     local interval = period / limit
     local tat = tonumber(redis.call('GET', KEYS[i]) or now)
     local base = math.max(tat, now)
-    local debt = base + cost * interval - now
     local current = base - now
-    local left = math.max(math.floor((period - current) / interval), 0)
+    local debt = current + cost * interval
+    local left = math.max(math.floor((period - current + slack) / interval), 0)
     if cost > limit then
       ok = false
       out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, left, math.floor(current), -1
-    elseif debt > period then
+    elseif debt > period + slack then
       ok = false
       out[r + 1], out[r + 2], out[r + 3] = 0, left, math.floor(current)
       out[r + 4] = math.floor(debt - period) + 1
     else
       new_tat[i] = base + cost * interval
-      out[r + 1], out[r + 2] = 1, math.floor((period - debt) / interval)
+      out[r + 1], out[r + 2] = 1, math.floor((period - debt + slack) / interval)
       out[r + 3], out[r + 4] = math.floor(debt), -1
     end
   end
@@ -91,7 +94,7 @@ end
 if ok then
   for i = 1, #KEYS do
     if new_tat[i] then
-      redis.call('SET', KEYS[i], string.format('%.3f', new_tat[i]),
+      redis.call('SET', KEYS[i], string.format('%.17g', new_tat[i]),
                  'PX', math.ceil(new_tat[i] - now) + 1000)
     else
       redis.call('ZADD', KEYS[i], now + ttl, lease_id)
@@ -123,7 +126,7 @@ for i = leases + 1, #KEYS do
   end
   if new_tat > now then
     local ttl_ms = math.ceil(new_tat - now) + 1000
-    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', ttl_ms)
+    redis.call('SET', KEYS[i], string.format('%.17g', new_tat), 'PX', ttl_ms)
   else
     redis.call('DEL', KEYS[i])
   end
@@ -138,7 +141,7 @@ PEEK = (
 local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-return math.max(math.floor((period - math.max(tat - now, 0)) / interval), 0)
+return math.max(math.floor((period - math.max(tat - now, 0) + slack) / interval), 0)
 """
 )
 

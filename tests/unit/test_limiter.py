@@ -9,8 +9,8 @@ from gateway.stages.ratelimit import format_duration
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000.0
+    def __init__(self, ms: float = 1_000_000.0) -> None:
+        self.ms = ms
 
     def __call__(self) -> float:
         return self.ms
@@ -33,6 +33,20 @@ async def test_a_full_bucket_admits_the_limit_at_once_then_one_per_interval() ->
     assert not (await limiter.admit([rpm(6)], "l", 1000))[0].allowed
     clock.ms += 2
     assert (await limiter.admit([rpm(6)], "l", 1000))[0].allowed
+
+
+async def test_remaining_counts_down_exactly_at_large_clock_values() -> None:
+    # time.monotonic() in milliseconds on a machine up for days; subtracting two such
+    # values cancels digits, and a count that should be whole came out a hair below it.
+    for start in (8_385_692.81956629, 974_411_496_177.6581, 2.0**40 + 0.1):
+        for limit in (3, 7, 1000):
+            limiter = MemoryLimiter(Clock(start))
+
+            results = [(await limiter.admit([rpm(limit)], "l", 1000))[0] for _ in range(8)]
+
+            expected = [limit - n for n in range(1, 9)]
+            assert [r.remaining for r in results] == [max(e, 0) for e in expected], (start, limit)
+            assert [r.allowed for r in results] == [e >= 0 for e in expected], (start, limit)
 
 
 async def test_reset_is_the_time_until_the_bucket_is_full_again() -> None:
