@@ -1,8 +1,9 @@
 """Rate-limit stage: a team's requests per minute, tokens per minute and concurrent
 requests, optionally narrower per model, decided in one backend call per request.
 
-Before the call, the request reserves its estimated tokens (see `accounting`) and takes a
-concurrency lease; after it, `settle` gives the lease back and charges the real usage
+Before the call, the request reserves its estimated tokens (see `accounting`), takes a
+concurrency lease and, when tokens are limited, a ticket (settlement is idempotent, see
+`limiter.base`); after it, `settle` gives the lease back and charges the real usage
 instead of the estimate. Settling runs in the background, so it happens even when the
 client has left and the request's own task is cancelled, and it adds nothing to the
 answer's latency. Settlements are batched for a few milliseconds (one backend call per
@@ -69,6 +70,9 @@ class _Layer:
 class _Budget:
     layers: tuple[_Layer, ...]
     lease_ttl_ms: int
+    # Where admitted requests of the team get their ticket; None when no token is limited
+    # (nothing to reconcile, and releasing a lease is idempotent by itself).
+    ticket_key: str | None
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class Admission:
     token_checks: list[LimitCheck]
     reserved_tokens: int
     headers: dict[str, str] = field(default_factory=dict)
+    ticket_key: str | None = None
 
 
 class RateLimitStage:
@@ -117,8 +122,11 @@ class RateLimitStage:
                         config.upstreams[target.upstream].timeouts.total
                         for target in model.upstreams
                     )
+                    tokens = any(layer.tokens is not None for layer in layers)
                     self._budgets[team_name, model_name] = _Budget(
-                        tuple(layers), int(longest * 1000) + _LEASE_SLACK_MS
+                        tuple(layers),
+                        int(longest * 1000) + _LEASE_SLACK_MS,
+                        f"{team_key}:tickets" if tokens else None,
                     )
 
     async def admit(self, team: str, model: str, tokens: int) -> Admission | None:
@@ -129,7 +137,9 @@ class RateLimitStage:
         checks = [check for layer in budget.layers for check in layer.checks(tokens)]
         lease_id = secrets.token_hex(8)
         try:
-            results = await self._backend.admit(checks, lease_id, budget.lease_ttl_ms)
+            results = await self._backend.admit(
+                checks, lease_id, budget.lease_ttl_ms, ticket_key=budget.ticket_key
+            )
         except LimiterUnavailable as unavailable:
             return self._unavailable(team, str(unavailable))
         headers = _headers(checks, results)
@@ -144,6 +154,7 @@ class RateLimitStage:
             token_checks=[c for c in checks if c.kind is LimitKind.TOKENS],
             reserved_tokens=tokens,
             headers=headers,
+            ticket_key=budget.ticket_key,
         )
 
     def settle(self, team: str, admission: Admission, used_tokens: int) -> None:
@@ -157,7 +168,11 @@ class RateLimitStage:
         if not admission.lease_keys and not adjustments:
             return
         batch = self._pending.setdefault(team, [])
-        batch.append(Settlement(admission.lease_id, tuple(admission.lease_keys), adjustments))
+        batch.append(
+            Settlement(
+                admission.lease_id, admission.ticket_key, tuple(admission.lease_keys), adjustments
+            )
+        )
         if len(batch) >= _SETTLE_BATCH:
             self._tasks.spawn(self._flush(team, self._pending.pop(team)), name="settle")
         elif not self._flush_scheduled:

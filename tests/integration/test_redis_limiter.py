@@ -64,7 +64,12 @@ async def test_keys_share_the_team_hash_tag_and_expire(
         ttls = [int(redis_server.command("PTTL", key)[1:].strip()) for key in keys]
         resp.close()
 
-    assert keys == ["llmgw:{team-a}:inflight", "llmgw:{team-a}:rpm", "llmgw:{team-a}:tpm"]
+    assert keys == [
+        "llmgw:{team-a}:inflight",
+        "llmgw:{team-a}:rpm",
+        "llmgw:{team-a}:tickets",
+        "llmgw:{team-a}:tpm",
+    ]
     assert all(ttl > 0 for ttl in ttls), ttls
 
 
