@@ -13,11 +13,20 @@ Algorithms, the same in both backends:
 
 Admission is all or nothing: a request refused by one limit consumes nothing from the
 others.
+
+Settlement replaces a request's token reservation with its real usage and returns its
+leases. It is idempotent (an admitted request holds a ticket; its token difference applies
+only while the ticket is open), and an admission applies the settlements it is handed
+before its checks, in the same atomic step: the rate-limit stage hands each team's
+not-yet-confirmed settlements to that team's next admission, which makes the budget exact
+without an extra call.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,27 +71,77 @@ class TokenAdjustment:
     period_ms: int = MINUTE_MS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: it caches its wire form
 class Settlement:
-    """What one finished request gives back: its leases, and its token difference."""
+    """What one finished (or abandoned) request gives back: its leases, and its token
+    difference.
+
+    Settling is idempotent, so a settlement can be sent again until a call that carried it
+    is known to have succeeded: leases are removed by id, and the token adjustments apply
+    only while the request's ticket (its lease id, recorded under `ticket_key` by its
+    admission) is still open, closing it. A settlement whose admission never took effect
+    finds no ticket and changes nothing."""
 
     lease_id: str
+    ticket_key: str | None
     lease_keys: tuple[str, ...]
     adjustments: tuple[TokenAdjustment, ...]
 
+    @functools.cached_property
+    def keys(self) -> tuple[str, ...]:
+        """Every key it touches."""
+        ticket = () if self.ticket_key is None else (self.ticket_key,)
+        return (*ticket, *self.lease_keys, *(a.key for a in self.adjustments))
+
+    @functools.cached_property
+    def wire(self) -> str:
+        """The settlement as one string of space-separated words, which the Redis script
+        parses: lease id, 0 or 1 and the ticket key, the number of lease keys and each,
+        the number of adjustments and each as key, limit, delta, period. Built once,
+        however often the settlement is carried (one argument instead of a dozen, which
+        is most of the cost of carrying it). Keys never hold whitespace: the names they
+        are made of cannot."""
+        ticket = ["0"] if self.ticket_key is None else ["1", self.ticket_key]
+        words = [self.lease_id, *ticket, str(len(self.lease_keys)), *self.lease_keys]
+        words.append(str(len(self.adjustments)))
+        for a in self.adjustments:
+            words += [a.key, str(a.limit), str(a.delta), str(a.period_ms)]
+        return " ".join(words)
+
 
 class LimiterUnavailable(Exception):
-    """The backend could not decide in time (Redis down, slow or unreachable)."""
+    """The backend could not decide in time (Redis down, slow or unreachable).
+
+    `may_have_run`: the call was sent, so Redis may still run it (or have run it) after
+    the caller gave up; whatever it took must be given back."""
+
+    def __init__(self, reason: str, *, may_have_run: bool = False) -> None:
+        super().__init__(reason)
+        self.may_have_run = may_have_run
 
 
 class LimiterBackend(Protocol):
-    async def admit(
-        self, checks: list[LimitCheck], lease_id: str, lease_ttl_ms: int
-    ) -> list[CheckResult]:
-        """Decide every check atomically; consume from all only if all allow."""
+    @property
+    def call_deadline_s(self) -> float:
+        """The most one call may take; a call's effects on the backend happen before its
+        start plus this much, or never (0 for a backend that decides in-process)."""
         ...
 
-    async def settle(self, settlements: list[Settlement]) -> None:
+    async def admit(
+        self,
+        checks: list[LimitCheck],
+        lease_id: str,
+        lease_ttl_ms: int,
+        *,
+        ticket_key: str | None = None,
+        settlements: Sequence[Settlement] = (),
+    ) -> list[CheckResult]:
+        """Apply `settlements` first, then decide every check atomically and consume from
+        all only if all allow; an admitted request with a `ticket_key` gets a ticket
+        there, for its settlement. On Redis all keys must share one hash tag."""
+        ...
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
         """Release finished requests' leases and reconcile their tokens, in one call (on
         Redis, all keys must share one hash tag: one team per call)."""
         ...
@@ -102,26 +161,32 @@ class LimiterBackend(Protocol):
     async def close(self) -> None: ...
 
 
+# Float slack in GCRA comparisons, in ms. Clock values are large (Redis's epoch
+# milliseconds are ~1.7e12, where a double resolves ~0.0002 ms), so a budget that is exactly
+# spent, or a count that is exactly whole, can come out a hair off; one microsecond of
+# slack absorbs that and admits nothing measurable (1 us of refill).
+SLACK_MS = 0.001
+
+
 def gcra(tat_ms: float, now_ms: float, check: LimitCheck) -> tuple[CheckResult, float]:
     """One GCRA decision: the result and the new theoretical arrival time if allowed.
 
     The bucket holds `limit` units refilled over `period_ms`; each unit is an interval of
-    period/limit ms, and the bucket is full when tat <= now."""
+    period/limit ms, and the bucket is full when tat <= now. Differences are taken between
+    nearby values only (`base - now`), never between a sum and a large clock value, which
+    would cancel digits."""
     interval = check.period_ms / check.limit
     base = max(tat_ms, now_ms)
-    new_tat = base + check.cost * interval
-    debt = new_tat - now_ms
+    current = base - now_ms
+    debt = current + check.cost * interval
+    left = max(int((check.period_ms - current + SLACK_MS) // interval), 0)
     if check.cost > check.limit:
-        current = base - now_ms
-        left = int((check.period_ms - current) // interval)
-        return CheckResult(False, max(left, 0), int(current), None), tat_ms
-    if debt > check.period_ms:
-        current = base - now_ms
-        left = int((check.period_ms - current) // interval)
+        return CheckResult(False, left, int(current), None), tat_ms
+    if debt > check.period_ms + SLACK_MS:
         retry = int(debt - check.period_ms) + 1
-        return CheckResult(False, max(left, 0), int(current), retry), tat_ms
-    left = int((check.period_ms - debt) // interval)
-    return CheckResult(True, left, int(debt), None), new_tat
+        return CheckResult(False, left, int(current), retry), tat_ms
+    left = int((check.period_ms - debt + SLACK_MS) // interval)
+    return CheckResult(True, left, int(debt), None), base + check.cost * interval
 
 
 def gcra_adjust(tat_ms: float, now_ms: float, adjustment: TokenAdjustment) -> float:

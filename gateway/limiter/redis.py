@@ -1,25 +1,37 @@
 """The Redis backend: one budget shared exactly by every gateway replica.
 
-Each admission is one atomic Lua script (EVALSHA, one round trip; redis-py reloads the
-script on NOSCRIPT after a Redis restart) that checks every limit of the request and
-consumes from all of them only if all allow. Time is Redis's own `TIME`, so replicas with
-skewed clocks still share one timeline. All keys of a team share the hash tag `{prefix:team}`,
-so a request's keys live in one slot and the scripts run unchanged on Redis Cluster. Every
-key carries a TTL: an idle team leaves nothing behind.
+Each admission is one atomic Lua script (EVALSHA, one round trip; reloaded on NOSCRIPT
+after a Redis restart) that first applies the settlements it carries, then checks every
+limit of the request and consumes from all of them only if all allow. Time is Redis's own
+`TIME`, so replicas with skewed clocks still share one timeline. All keys of a team share
+the hash tag `{prefix:team}`, so a call's keys live in one slot and the script runs
+unchanged on Redis Cluster. Every key carries a TTL: an idle team leaves nothing behind.
 
-Every call has a hard deadline (`redis_timeout_ms`). When Redis refuses connections, or
-misses the deadline three times in a row, the backend reports itself unavailable without
-calling Redis for `redis_retry_interval_s`, then lets calls probe again: a dead Redis costs
-at most one deadline per interval, and the limiter recovers by itself when Redis is back.
-A single missed deadline does not open the breaker: under a burst the gateway's own event
-loop can be late, and one slow answer is no reason to stop limiting everyone.
+Every call has a hard deadline (`redis_timeout_ms`), and Redis is told about it: a deadline
+abandons the caller, not the script, which may still reach Redis later, so the admission
+script compares the deadline with Redis's `TIME` and takes nothing once it has passed. The
+deadline is converted to Redis's clock with a learnt offset (`ClockOffset`: at warm-up from
+`TIME`, then from the `now` every script reply carries), never by trusting this host's
+wall clock to agree with Redis's; until an offset is known no deadline is sent. A caller
+that gave up cannot know whether its script ran in time (its answer may be what was late),
+so the rate-limit stage gives the lease back anyway; settlement is idempotent (tickets,
+see `base`), which makes that, and sending any settlement twice, safe.
+
+When Redis refuses connections, or misses the deadline three times in a row, the backend
+reports itself unavailable without calling Redis for `redis_retry_interval_s`, then lets
+calls probe again: a dead Redis costs at most one deadline per interval, and the limiter
+recovers by itself when Redis is back. A single missed deadline does not open the breaker:
+under a burst the gateway's own event loop can be late, and one slow answer is no reason to
+stop limiting everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +42,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import RateLimitConfig
 from gateway.limiter.base import (
+    SLACK_MS,
     CheckResult,
     LimitCheck,
     LimiterUnavailable,
@@ -40,95 +53,152 @@ from gateway.limiter.base import (
 # Consecutive missed deadlines that mark Redis unavailable.
 _TIMEOUTS_TO_OPEN = 3
 
-_NOW = """
+_NOW = f"""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local slack = {SLACK_MS}
 """
 
-# KEYS: one per check. ARGV: lease_id, lease_ttl_ms, then per check kind ('b' bucket or
-# 'c' concurrency), limit, cost, period_ms. Returns per check: allowed, remaining,
-# reset_ms, retry_after_ms (-1: none).
-ADMIT = (
+# One script for admissions and for settlement batches (a batch is an admission with no
+# check and no deadline). Keys are passed once each and named by their position in KEYS.
+#
+# ARGV: deadline in Redis milliseconds ('' for none), lease id, lease ttl ms, index of the
+#   ticket key (0: no ticket), number of checks; per check: key index, kind ('b' bucket or
+#   'c' concurrency), limit, cost, period ms; number of settlements, then each in its wire
+#   form (`Settlement.wire`: one string; its keys, named there, are in KEYS too).
+# Returns: Redis's now (ms), 1 if decided or 0 if the deadline had passed (nothing taken),
+#   then per check: allowed, remaining, reset_ms, retry_after_ms (-1: none).
+LIMIT = (
     _NOW
     + """
-local lease_id, ttl = ARGV[1], tonumber(ARGV[2])
-local out, ok, new_tat = {}, true, {}
-for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 4
-  local kind, limit = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local cost, period = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+local at = 0
+local function arg()
+  at = at + 1
+  return ARGV[at]
+end
+local function int()
+  return tonumber(arg())
+end
+-- Lengthens a key's life, never shortens it: one team's requests hold leases and tickets
+-- of different lengths (per model) under one key.
+local function keep(key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+local function store(key, tat)
+  if tat > now then
+    redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1000)
+  else
+    redis.call('DEL', key)
+  end
+end
+local swept = {}
+local function tickets(key)
+  if not swept[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    swept[key] = true
+  end
+  return key
+end
+
+local deadline, lease_id, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local ticket, checks = tonumber(ARGV[4]), tonumber(ARGV[5])
+
+-- Settlements first, so the checks below count every request that finished before this
+-- one. Each applies its token difference only if it closes its request's ticket.
+at = 5 + checks * 5
+for _ = 1, int() do
+  local w = {}
+  for word in string.gmatch(arg(), '%S+') do
+    w[#w + 1] = word
+  end
+  local id, p, open = w[1], 3, false
+  if w[2] == '1' then
+    open = redis.call('ZREM', tickets(w[3]), id) == 1
+    p = 4
+  end
+  for _ = 1, tonumber(w[p]) do
+    p = p + 1
+    redis.call('ZREM', w[p], id)
+  end
+  p = p + 1
+  for _ = 1, tonumber(w[p]) do
+    if open then
+      local key, limit = w[p + 1], tonumber(w[p + 2])
+      local delta, period = tonumber(w[p + 3]), tonumber(w[p + 4])
+      local interval = period / limit
+      local tat = tonumber(redis.call('GET', key) or now)
+      if delta > 0 then
+        store(key, math.max(tat, now) + delta * interval)
+      else
+        store(key, math.max(now, tat + delta * interval))
+      end
+    end
+    p = p + 4
+  end
+end
+
+-- Its caller has given up: whatever this took, nobody would give back.
+if deadline and now >= deadline then
+  return {now, 0}
+end
+
+local out, ok, take = {now, 1}, true, {}
+at = 5
+for i = 1, checks do
+  local key = KEYS[int()]
+  local kind = arg()
+  local limit = int()
+  local cost = int()
+  local period = int()
   local r = #out
   if kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-    local held = redis.call('ZCARD', KEYS[i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local held = redis.call('ZCARD', key)
     if held < limit then
       out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 1, limit - held - 1, 0, -1
+      take[i] = {key}
     else
       ok = false
       out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, 0, 0, 1000
     end
   else
+    -- As gcra() in base.py: differences between nearby values only.
     local interval = period / limit
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    local tat = tonumber(redis.call('GET', key) or now)
     local base = math.max(tat, now)
-    local debt = base + cost * interval - now
     local current = base - now
-    local left = math.max(math.floor((period - current) / interval), 0)
+    local debt = current + cost * interval
+    local left = math.max(math.floor((period - current + slack) / interval), 0)
     if cost > limit then
       ok = false
       out[r + 1], out[r + 2], out[r + 3], out[r + 4] = 0, left, math.floor(current), -1
-    elseif debt > period then
+    elseif debt > period + slack then
       ok = false
       out[r + 1], out[r + 2], out[r + 3] = 0, left, math.floor(current)
       out[r + 4] = math.floor(debt - period) + 1
     else
-      new_tat[i] = base + cost * interval
-      out[r + 1], out[r + 2] = 1, math.floor((period - debt) / interval)
+      take[i] = {key, base + cost * interval}
+      out[r + 1], out[r + 2] = 1, math.floor((period - debt + slack) / interval)
       out[r + 3], out[r + 4] = math.floor(debt), -1
     end
   end
 end
 if ok then
-  for i = 1, #KEYS do
-    if new_tat[i] then
-      redis.call('SET', KEYS[i], string.format('%.3f', new_tat[i]),
-                 'PX', math.ceil(new_tat[i] - now) + 1000)
+  for i = 1, checks do
+    local key, new_tat = take[i][1], take[i][2]
+    if new_tat then
+      store(key, new_tat)
     else
-      redis.call('ZADD', KEYS[i], now + ttl, lease_id)
-      redis.call('PEXPIRE', KEYS[i], ttl)
+      redis.call('ZADD', key, now + ttl, lease_id)
+      keep(key, ttl)
     end
+  end
+  if ticket > 0 then
+    redis.call('ZADD', tickets(KEYS[ticket]), now + ttl, lease_id)
+    keep(KEYS[ticket], ttl)
   end
 end
 return out
-"""
-)
-
-# KEYS: lease keys, then token keys. ARGV: number of lease keys, the lease id of each
-# lease key, then per token key limit, delta, period_ms. Settles a batch of requests.
-SETTLE = (
-    _NOW
-    + """
-local leases = tonumber(ARGV[1])
-for i = 1, leases do redis.call('ZREM', KEYS[i], ARGV[1 + i]) end
-for i = leases + 1, #KEYS do
-  local a = 1 + leases + (i - leases - 1) * 3
-  local limit, delta, period = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local interval = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  local new_tat
-  if delta > 0 then
-    new_tat = math.max(tat, now) + delta * interval
-  else
-    new_tat = math.max(now, tat + delta * interval)
-  end
-  if new_tat > now then
-    local ttl_ms = math.ceil(new_tat - now) + 1000
-    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', ttl_ms)
-  else
-    redis.call('DEL', KEYS[i])
-  end
-end
-return 1
 """
 )
 
@@ -138,7 +208,7 @@ PEEK = (
 local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-return math.max(math.floor((period - math.max(tat - now, 0)) / interval), 0)
+return math.max(math.floor((period - math.max(tat - now, 0) + slack) / interval), 0)
 """
 )
 
@@ -153,6 +223,65 @@ class _Script:
         return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
 
+class ClockOffset:
+    """Redis's clock minus this process's monotonic clock, in ms: a lower bound, learnt
+    from replies. Redis read its clock before its answer arrived, so an answer saying
+    Redis's time was R (rounded down), received at local time t, proves offset >= R - t.
+    A deadline converted with a lower bound falls, in Redis time, no later than the
+    caller's own, which is the side that keeps a late script from taking anything.
+
+    The largest bound of the current and the previous window is used, so a tight sample
+    counts for a while, and a Redis clock that steps back or drifts is followed within
+    two windows."""
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self._window_s = window_s
+        self._current = -math.inf
+        self._previous = -math.inf
+        self._window_ends = -math.inf
+
+    def observe(self, redis_ms: float, received_s: float) -> None:
+        sample = redis_ms - received_s * 1000.0
+        if received_s >= self._window_ends:
+            stale = received_s >= self._window_ends + self._window_s
+            self._previous = -math.inf if stale else self._current
+            self._current = sample
+            self._window_ends = received_s + self._window_s
+        elif sample > self._current:
+            self._current = sample
+
+    def lower_bound(self) -> float | None:
+        best = max(self._current, self._previous)
+        return None if best == -math.inf else best
+
+
+class _Call:
+    """Keys and arguments of one LIMIT call; each key is sent once, named by its position."""
+
+    __slots__ = ("_index", "args", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Any] = [""]  # the deadline, set just before the call
+        self._index: dict[str, int] = {}
+
+    def key(self, key: str | None) -> int:
+        if key is None:
+            return 0
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)
+        return index
+
+    def settlements(self, settlements: Sequence[Settlement]) -> None:
+        self.args.append(len(settlements))
+        for settlement in settlements:
+            for key in settlement.keys:  # declared, as Redis Cluster wants
+                self.key(key)
+            self.args.append(settlement.wire)
+
+
 class RedisLimiter:
     def __init__(self, config: RateLimitConfig, url: str) -> None:
         self._timeout = config.redis_timeout_ms / 1000.0
@@ -163,18 +292,31 @@ class RedisLimiter:
             url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
-        self._admit = _Script.of(ADMIT)
-        self._settle = _Script.of(SETTLE)
+        self._offset = ClockOffset()
+        self._limit = _Script.of(LIMIT)
         self._peek = _Script.of(PEEK)
 
+    @property
+    def call_deadline_s(self) -> float:
+        return self._timeout
+
     async def admit(
-        self, checks: list[LimitCheck], lease_id: str, lease_ttl_ms: int
+        self,
+        checks: list[LimitCheck],
+        lease_id: str,
+        lease_ttl_ms: int,
+        *,
+        ticket_key: str | None = None,
+        settlements: Sequence[Settlement] = (),
     ) -> list[CheckResult]:
-        args: list[Any] = [lease_id, lease_ttl_ms]
+        call = _Call()
+        args = call.args
+        args += [lease_id, lease_ttl_ms, call.key(ticket_key), len(checks)]
         for check in checks:
             kind = "c" if check.kind is LimitKind.CONCURRENCY else "b"
-            args += [kind, check.limit, check.cost, check.period_ms]
-        flat = await self._call(self._admit, [c.key for c in checks], args)
+            args += [call.key(check.key), kind, check.limit, check.cost, check.period_ms]
+        call.settlements(settlements)
+        flat = await self._run(call, with_deadline=True)
         return [
             CheckResult(
                 allowed=flat[i] == 1,
@@ -182,17 +324,17 @@ class RedisLimiter:
                 reset_ms=int(flat[i + 2]),
                 retry_after_ms=None if flat[i] == 1 or flat[i + 3] < 0 else int(flat[i + 3]),
             )
-            for i in range(0, len(flat), 4)
+            for i in range(2, len(flat), 4)
         ]
 
-    async def settle(self, settlements: list[Settlement]) -> None:
-        lease_keys = [key for s in settlements for key in s.lease_keys]
-        lease_ids = [s.lease_id for s in settlements for _ in s.lease_keys]
-        adjustments = [a for s in settlements for a in s.adjustments]
-        args: list[Any] = [len(lease_keys), *lease_ids]
-        for adjustment in adjustments:
-            args += [adjustment.limit, adjustment.delta, adjustment.period_ms]
-        await self._call(self._settle, [*lease_keys, *(a.key for a in adjustments)], args)
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        call = _Call()
+        call.args += ["", 0, 0, 0]  # no lease, no ticket, no check
+        call.settlements(settlements)
+        # No deadline: a settlement applied late is still right (and applied once).
+        await self._run(call, with_deadline=False)
 
     async def in_flight(self, key: str) -> int:
         now_ms = int(time.time() * 1000)
@@ -204,21 +346,40 @@ class RedisLimiter:
         return left
 
     async def warm_up(self) -> None:
-        """Open a connection and load the scripts before traffic arrives, so the first
-        requests do not pay for them; a Redis that is down now is handled per request."""
+        """Open a connection, load the scripts and learn Redis's clock before traffic
+        arrives, so the first requests do not pay for them and get a deadline; a Redis that
+        is down now is handled per request."""
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                for script in (self._admit, self._settle, self._peek):
+                for script in (self._limit, self._peek):
                     await self._client.script_load(script.source)
+                seconds, micros = await self._client.time()
+                self._offset.observe(seconds * 1000 + micros // 1000, time.monotonic())
         except (RedisError, OSError, TimeoutError):
             return
 
     async def close(self) -> None:
         await self._client.aclose()
+        # The client does not own a pool it was given: close the pool's connections too.
+        await self._pool.disconnect()
 
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    async def _run(self, call: _Call, *, with_deadline: bool) -> list[Any]:
+        """One LIMIT call: with the deadline in Redis's time when asked for and known; the
+        reply's `now` teaches the clock offset."""
+        if with_deadline and (offset := self._offset.lower_bound()) is not None:
+            call.args[0] = math.floor((time.monotonic() + self._timeout) * 1000 + offset)
+        flat: list[Any] = await self._call(self._limit, call.keys, call.args)
+        self._offset.observe(flat[0], time.monotonic())
+        if flat[1] == 0:
+            # Redis ran it after the deadline and took nothing; our offset was loose (the
+            # reply has just tightened it). As good as a timeout for the caller.
+            self._failed(refused=False)
+            raise LimiterUnavailable("Redis ran the call after its deadline")
+        return flat
 
     async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         if time.monotonic() < self._down_until:
@@ -227,14 +388,17 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 result = await self._evalsha(script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._consecutive_failures += 1
-            refused = isinstance(exc, RedisConnectionError | OSError)
-            if refused or self._consecutive_failures >= _TIMEOUTS_TO_OPEN:
-                self._down_until = time.monotonic() + self._retry_interval
-            raise LimiterUnavailable(type(exc).__name__) from None
+            self._failed(refused=isinstance(exc, RedisConnectionError | OSError))
+            # Sent or not, we cannot tell: Redis may run it, or have run it, anyway.
+            raise LimiterUnavailable(type(exc).__name__, may_have_run=True) from None
         self._consecutive_failures = 0
         self._down_until = 0.0
         return result
+
+    def _failed(self, *, refused: bool) -> None:
+        self._consecutive_failures += 1
+        if refused or self._consecutive_failures >= _TIMEOUTS_TO_OPEN:
+            self._down_until = time.monotonic() + self._retry_interval
 
     async def _evalsha(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on a pooled connection, loading the script on NOSCRIPT (after a Redis

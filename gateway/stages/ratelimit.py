@@ -1,13 +1,29 @@
 """Rate-limit stage: a team's requests per minute, tokens per minute and concurrent
 requests, optionally narrower per model, decided in one backend call per request.
 
-Before the call, the request reserves its estimated tokens (see `accounting`) and takes a
-concurrency lease; after it, `settle` gives the lease back and charges the real usage
-instead of the estimate. Settling runs in the background, so it happens even when the
-client has left and the request's own task is cancelled, and it adds nothing to the
-answer's latency. Settlements are batched for a few milliseconds (one backend call per
-team per batch instead of one per request), which halves the Redis round trips of a
-limited request; a lease is returned at most `_SETTLE_DELAY_S` late.
+Before the call, the request reserves its estimated tokens (see `accounting`), takes a
+concurrency lease and, when tokens are limited, a ticket; after it, `settle` gives the
+lease back and charges the real usage instead of the estimate. `settle` only records the
+settlement, in this process, as unconfirmed, and never waits.
+
+Unconfirmed settlements reach the backend two ways, whichever comes first:
+- riding in the same team's next admission, which applies them before its checks (one
+  call, no extra round trip): a request admitted by this process is always decided against
+  every request of its team that finished here before it started;
+- a background flush `_SETTLE_DELAY_S` later, one call per team for a whole batch, for teams
+  with no next request: leases come back and other replicas see the charge. It happens even
+  when the client has left and the request's own task is cancelled, and adds nothing to the
+  answer's latency.
+A settlement stays unconfirmed until a call that carried it succeeded, and rides in every
+call until then: a flush still in flight (or lost to a timeout) cannot let a later
+admission overtake it. Settlement is idempotent (tickets, see `limiter.base`), so carrying
+one twice is safe. A failed flush is retried; a settlement whose leases and ticket have
+expired anyway is dropped.
+
+An admission abandoned before its answer (deadline missed, task cancelled) may still have
+run on Redis: its lease and reservation are given back anyway, by a settlement recorded
+once the call's deadline has passed, after which Redis no longer lets that call take
+anything (see `limiter.redis`), so the release cannot be overtaken by the admission.
 
 Answers: 429 `rate_limit_exceeded` naming the limit, with `Retry-After`; OpenAI's
 `x-ratelimit-*` headers on every response of a limited team. When the backend cannot
@@ -17,9 +33,11 @@ decide in time, `failure_mode` admits (logging once per interval) or refuses wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
@@ -42,9 +60,19 @@ from gateway.tasks import BackgroundTasks
 
 # A lease outlives the longest call it can cover by this much; after that it frees itself.
 _LEASE_SLACK_MS = 60_000
-# How long finished requests wait to be settled together, and the most in one batch.
+# How long finished requests wait to be flushed together, and the most in one batch.
 _SETTLE_DELAY_S = 0.005
 _SETTLE_BATCH = 64
+# After a failed flush, the team's settlements are sent again this much later (meanwhile
+# its admissions carry them).
+_RETRY_DELAY_S = 0.25
+# Unconfirmed settlements kept per team at most (a long Redis outage); the oldest go first,
+# and their leases expire by themselves.
+_MAX_UNCONFIRMED = 1024
+# Between this stage reading the clock before an admission and the backend reading it to
+# set the call's deadline: a release recorded this long after the deadline is sure to come
+# after it.
+_RELEASE_MARGIN_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +99,9 @@ class _Layer:
 class _Budget:
     layers: tuple[_Layer, ...]
     lease_ttl_ms: int
+    # Where admitted requests of the team get their ticket; None when no token is limited
+    # (nothing to reconcile, and releasing a lease is idempotent by itself).
+    ticket_key: str | None
 
 
 @dataclass(slots=True)
@@ -82,6 +113,33 @@ class Admission:
     token_checks: list[LimitCheck]
     reserved_tokens: int
     headers: dict[str, str] = field(default_factory=dict)
+    ticket_key: str | None = None
+    # How long the backend keeps the lease and the ticket (ms).
+    lease_ttl_ms: int = _LEASE_SLACK_MS
+
+
+@dataclass(slots=True)
+class _Unconfirmed:
+    """A team's settlements that no successful backend call has carried yet, by lease id
+    (insertion order: oldest first), each with the monotonic time after which it is moot
+    (its leases and ticket have expired)."""
+
+    settlements: dict[str, tuple[Settlement, float]] = field(default_factory=dict)
+    # Recorded since a flush last took the team's settlements.
+    fresh: int = 0
+    retrying: bool = False
+
+    def carry(self, now: float) -> list[Settlement]:
+        moot = [lease for lease, (_, until) in self.settlements.items() if until <= now]
+        for lease in moot:
+            del self.settlements[lease]
+        return [settlement for settlement, _ in self.settlements.values()]
+
+    def confirm(self, carried: list[Settlement]) -> None:
+        for settlement in carried:
+            entry = self.settlements.get(settlement.lease_id)
+            if entry is not None and entry[0] is settlement:
+                del self.settlements[settlement.lease_id]
 
 
 class RateLimitStage(Stage):
@@ -107,10 +165,11 @@ class RateLimitStage(Stage):
         self._warn_interval = config.rate_limits.warn_interval_s
         self._last_warning = -math.inf
         self._budgets: dict[tuple[str, str], _Budget] = {}
-        self._pending: dict[str, list[Settlement]] = {}
+        self._unconfirmed: dict[str, _Unconfirmed] = {}
         self._flush_scheduled = False
         prefix = config.rate_limits.key_prefix
         for team_name, team in config.teams.items():
+            self._unconfirmed[team_name] = _Unconfirmed()
             for model_name, model in config.models.items():
                 # The hash tag keeps all of a team's keys in one Redis Cluster slot.
                 team_key = f"{prefix}:{{{team_name}}}"
@@ -125,8 +184,11 @@ class RateLimitStage(Stage):
                         config.upstreams[target.upstream].timeouts.total
                         for target in model.upstreams
                     )
+                    tokens = any(layer.tokens is not None for layer in layers)
                     self._budgets[team_name, model_name] = _Budget(
-                        tuple(layers), int(longest * 1000) + _LEASE_SLACK_MS
+                        tuple(layers),
+                        int(longest * 1000) + _LEASE_SLACK_MS,
+                        f"{team_key}:tickets" if tokens else None,
                     )
 
     async def enter(self, exchange: Exchange) -> None:
@@ -153,38 +215,80 @@ class RateLimitStage(Stage):
             return None
         checks = [check for layer in budget.layers for check in layer.checks(tokens)]
         lease_id = secrets.token_hex(8)
-        try:
-            results = await self._backend.admit(checks, lease_id, budget.lease_ttl_ms)
-        except LimiterUnavailable as unavailable:
-            return self._unavailable(team, str(unavailable))
-        headers = _headers(checks, results)
-        refused = [(c, r) for c, r in zip(checks, results, strict=True) if not r.allowed]
-        if refused:
-            check, result = refused[0]
-            self._metrics.rate_limited.labels(team=team, model=model, limit=check.kind).inc()
-            raise _too_many(team, check, result, headers)
-        return Admission(
+        started = time.monotonic()
+        unconfirmed = self._unconfirmed[team]
+        carried = unconfirmed.carry(started)
+        admission = Admission(
             lease_id=lease_id,
             lease_keys=[c.key for c in checks if c.kind is LimitKind.CONCURRENCY],
             token_checks=[c for c in checks if c.kind is LimitKind.TOKENS],
             reserved_tokens=tokens,
-            headers=headers,
+            ticket_key=budget.ticket_key,
+            lease_ttl_ms=budget.lease_ttl_ms,
         )
+        try:
+            results = await self._backend.admit(
+                checks,
+                lease_id,
+                budget.lease_ttl_ms,
+                ticket_key=budget.ticket_key,
+                settlements=carried,
+            )
+        except LimiterUnavailable as unavailable:
+            if unavailable.may_have_run:
+                self._give_back(team, admission, started)
+            return self._unavailable(team, str(unavailable))
+        except asyncio.CancelledError:
+            self._give_back(team, admission, started)
+            raise
+        unconfirmed.confirm(carried)
+        admission.headers = _headers(checks, results)
+        refused = [(c, r) for c, r in zip(checks, results, strict=True) if not r.allowed]
+        if refused:
+            check, result = refused[0]
+            self._metrics.rate_limited.labels(team=team, model=model, limit=check.kind).inc()
+            raise _too_many(team, check, result, admission.headers)
+        return admission
 
     def settle(self, team: str, admission: Admission, used_tokens: int) -> None:
-        """Release the lease and charge `used_tokens` instead of the reservation."""
+        """Release the lease and charge `used_tokens` instead of the reservation; the next
+        admission of the team in this process sees it, other replicas a flush later."""
         delta = used_tokens - admission.reserved_tokens
         adjustments = tuple(
             TokenAdjustment(c.key, c.limit, delta, c.period_ms)
             for c in admission.token_checks
             if delta
         )
-        if not admission.lease_keys and not adjustments:
-            return
-        batch = self._pending.setdefault(team, [])
-        batch.append(Settlement(admission.lease_id, tuple(admission.lease_keys), adjustments))
-        if len(batch) >= _SETTLE_BATCH:
-            self._tasks.spawn(self._flush(team, self._pending.pop(team)), name="settle")
+        if not admission.lease_keys and admission.ticket_key is None:
+            return  # nothing held (a ticket is closed even when usage matched the estimate)
+        self._record(
+            team,
+            Settlement(
+                admission.lease_id, admission.ticket_key, tuple(admission.lease_keys), adjustments
+            ),
+            admission.lease_ttl_ms,
+        )
+
+    def _give_back(self, team: str, admission: Admission, started: float) -> None:
+        """An abandoned admission may still take its lease and reservation on the backend:
+        give both back, once the call's deadline has passed (a backend call cannot take
+        anything after it, so the release is not overtaken)."""
+        settle = functools.partial(self.settle, team, admission, 0)
+        wait = started + self._backend.call_deadline_s + _RELEASE_MARGIN_S - time.monotonic()
+        if wait <= 0:
+            settle()
+        else:
+            self._tasks.spawn(_after(wait, settle), name="release-abandoned")
+
+    def _record(self, team: str, settlement: Settlement, ttl_ms: int) -> None:
+        unconfirmed = self._unconfirmed[team]
+        entries = unconfirmed.settlements
+        entries[settlement.lease_id] = (settlement, time.monotonic() + ttl_ms / 1000)
+        if len(entries) > _MAX_UNCONFIRMED:
+            del entries[next(iter(entries))]
+        unconfirmed.fresh += 1
+        if unconfirmed.fresh >= _SETTLE_BATCH:
+            self._tasks.spawn(self._flush(team), name="settle")
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._tasks.spawn(self._flush_soon(), name="settle-soon")
@@ -192,16 +296,30 @@ class RateLimitStage(Stage):
     async def _flush_soon(self) -> None:
         await asyncio.sleep(_SETTLE_DELAY_S)
         self._flush_scheduled = False
-        pending, self._pending = self._pending, {}
-        await asyncio.gather(*(self._flush(team, batch) for team, batch in pending.items()))
+        teams = [team for team, unconfirmed in self._unconfirmed.items() if unconfirmed.fresh]
+        await asyncio.gather(*(self._flush(team) for team in teams))
 
-    async def _flush(self, team: str, batch: list[Settlement]) -> None:
+    async def _flush(self, team: str) -> None:
+        unconfirmed = self._unconfirmed[team]
+        unconfirmed.fresh = 0
+        batch = unconfirmed.carry(time.monotonic())
+        if not batch:
+            return
         try:
             await self._backend.settle(batch)
         except LimiterUnavailable as unavailable:
-            # The leases expire by themselves; the token differences are lost (bounded by
-            # the reservations of this batch).
+            # Kept, and carried by the team's next admission or the retry, whichever first.
             self._warn(str(unavailable))
+            if not unconfirmed.retrying:
+                unconfirmed.retrying = True
+                self._tasks.spawn(self._retry(team), name="settle-retry")
+            return
+        unconfirmed.confirm(batch)
+
+    async def _retry(self, team: str) -> None:
+        await asyncio.sleep(_RETRY_DELAY_S)
+        self._unconfirmed[team].retrying = False
+        await self._flush(team)
 
     def _unavailable(self, team: str, reason: str) -> Admission | None:
         self._metrics.limiter_errors.inc()
@@ -224,6 +342,11 @@ class RateLimitStage(Stage):
                 reason=reason,
                 failure_mode="open" if self._fail_open else "closed",
             )
+
+
+async def _after(seconds: float, action: Callable[[], None]) -> None:
+    await asyncio.sleep(seconds)
+    action()
 
 
 def _layer(limits: TeamLimits, key: str) -> _Layer:

@@ -20,7 +20,9 @@ next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
 `stall_after=2` (silence mid-stream), `stall_body` (a whole answer's headers and half its
 body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event inside a
-200 stream), and `shape=vllm` (not a fault: vLLM's message keys).
+200 stream), `usage_total=900` (the answer's `usage` reports 900 tokens in all, whatever it
+says: a short request that costs a lot, for token limits), and `shape=vllm` (not a fault:
+vLLM's message keys).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -52,6 +54,7 @@ class Behavior:
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
     shape: str = "openai"  # whose response-only message keys a whole answer carries
+    usage_total: int | None = None  # report this total in `usage` (completion = total - prompt)
 
     def headers(self) -> dict[str, str] | None:
         """Headers of the error answer (Retry-After)."""
@@ -84,6 +87,8 @@ class Behavior:
                 behavior = replace(behavior, error_after=int(value))
             elif key == "shape" and value in MESSAGE_SHAPES:
                 behavior = replace(behavior, shape=value)
+            elif key == "usage_total":
+                behavior = replace(behavior, usage_total=int(value))
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
@@ -189,6 +194,8 @@ class FakeUpstream:
             return _error(400, "messages is required", param="messages")
 
         answer = EchoAnswer.of(body)
+        if behavior.usage_total is not None:
+            answer = replace(answer, reported_total=behavior.usage_total)
         if body.get("stream"):
             return await self._stream(request, body, answer, behavior)
         return await self.answer_whole(
@@ -285,6 +292,7 @@ class EchoAnswer:
     created: int
     # When set, the answer is this call instead of text (its arguments are the words).
     tool_call: ToolCall | None = None
+    reported_total: int | None = None  # what `usage` claims in all, when set
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> EchoAnswer:
@@ -327,6 +335,8 @@ class EchoAnswer:
 
     def usage(self) -> dict[str, int]:
         completion = len(self.words) * self.n
+        if self.reported_total is not None:
+            completion = self.reported_total - self.prompt_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     UPSTREAM_KEY,
     UPSTREAM_KEY_ENV,
@@ -64,7 +65,12 @@ async def test_keys_share_the_team_hash_tag_and_expire(
         ttls = [int(redis_server.command("PTTL", key)[1:].strip()) for key in keys]
         resp.close()
 
-    assert keys == ["llmgw:{team-a}:inflight", "llmgw:{team-a}:rpm", "llmgw:{team-a}:tpm"]
+    assert keys == [
+        "llmgw:{team-a}:inflight",
+        "llmgw:{team-a}:rpm",
+        "llmgw:{team-a}:tickets",
+        "llmgw:{team-a}:tpm",
+    ]
     assert all(ttl > 0 for ttl in ttls), ttls
 
 
@@ -80,6 +86,38 @@ async def test_admission_survives_a_flushed_script_cache(
         rest = [await post(session, gateway.url) for _ in range(3)]
 
     assert [s for s, _, _ in (first, *rest)] == [200, 200, 200, 429]
+
+
+async def test_another_replica_sees_usage_once_the_settle_delay_and_a_round_trip_passed(
+    start_gateway: StartGateway, upstream: RunningUpstream, redis_server: RedisProcess
+) -> None:
+    raw = limited_config(upstream.url, redis_server.url, {"tokens_per_minute": 1000})
+    replica_a, replica_b = await start_gateway(raw), await start_gateway(raw)
+    upstream.state.default = Behavior(usage_total=900)
+    body = chat_body(max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    reserved = 4 + 1 + 5
+
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        async with session.post(
+            f"{replica_a.url}/v1/chat/completions", json=body, headers=auth()
+        ) as resp:
+            assert resp.status == 200
+        # The documented bound is the settle delay (5 ms) plus one Redis round trip; wait
+        # far longer, for a shared and noisy machine.
+        await asyncio.sleep(0.2)
+        answers = []
+        for _ in range(2):
+            async with session.post(
+                f"{replica_b.url}/v1/chat/completions", json=body, headers=auth()
+            ) as resp:
+                answers.append((resp.status, resp.headers["x-ratelimit-remaining-tokens"]))
+        refill = (time.monotonic() - started) * 1000 / 60
+
+    (first, left), second = answers
+    assert first == 200
+    assert 1000 - 900 - reserved - 1 <= int(left) <= 1000 - 900 - reserved + refill + 1
+    assert second == (429, "0")
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from gateway.stages.ratelimit import format_duration
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000.0
+    def __init__(self, ms: float = 1_000_000.0) -> None:
+        self.ms = ms
 
     def __call__(self) -> float:
         return self.ms
@@ -33,6 +33,20 @@ async def test_a_full_bucket_admits_the_limit_at_once_then_one_per_interval() ->
     assert not (await limiter.admit([rpm(6)], "l", 1000))[0].allowed
     clock.ms += 2
     assert (await limiter.admit([rpm(6)], "l", 1000))[0].allowed
+
+
+async def test_remaining_counts_down_exactly_at_large_clock_values() -> None:
+    # time.monotonic() in milliseconds on a machine up for days; subtracting two such
+    # values cancels digits, and a count that should be whole came out a hair below it.
+    for start in (8_385_692.81956629, 974_411_496_177.6581, 2.0**40 + 0.1):
+        for limit in (3, 7, 1000):
+            limiter = MemoryLimiter(Clock(start))
+
+            results = [(await limiter.admit([rpm(limit)], "l", 1000))[0] for _ in range(8)]
+
+            expected = [limit - n for n in range(1, 9)]
+            assert [r.remaining for r in results] == [max(e, 0) for e in expected], (start, limit)
+            assert [r.allowed for r in results] == [e >= 0 for e in expected], (start, limit)
 
 
 async def test_reset_is_the_time_until_the_bucket_is_full_again() -> None:
@@ -64,17 +78,47 @@ async def test_a_cost_above_the_limit_can_never_pass() -> None:
     assert not result.allowed and result.retry_after_ms is None
 
 
-async def test_settling_charges_usage_and_refunds_no_further_than_full() -> None:
+def refund(lease: str, tokens: int) -> Settlement:
+    return Settlement(lease, "team:tickets", (), (TokenAdjustment("team:tpm", 1000, -tokens),))
+
+
+async def test_settling_replaces_the_reservation_once_and_refunds_no_further_than_full() -> None:
+    limiter = MemoryLimiter(Clock())
+    tokens = LimitCheck(LimitKind.TOKENS, "team:tpm", 1000, cost=600)
+
+    await limiter.admit([tokens], "a", 1000, ticket_key="team:tickets")
+    assert await limiter.remaining(tokens) == 400
+    await limiter.settle([refund("a", 550)])
+    await limiter.settle([refund("a", 550)])  # sent again (its first call timed out)
+    assert await limiter.remaining(tokens) == 950
+    await limiter.admit([tokens], "b", 1000, ticket_key="team:tickets")
+    await limiter.settle([refund("b", 5000)])
+    assert await limiter.remaining(tokens) == 1000
+
+
+async def test_settlement_of_an_admission_that_never_took_effect_changes_nothing() -> None:
     clock = Clock()
     limiter = MemoryLimiter(clock)
     tokens = LimitCheck(LimitKind.TOKENS, "team:tpm", 1000, cost=600)
+    await limiter.admit([tokens], "a", 1000, ticket_key="team:tickets")
 
-    await limiter.admit([tokens], "l", 1000)
+    await limiter.settle([refund("never-admitted", 600)])
     assert await limiter.remaining(tokens) == 400
-    await limiter.settle([Settlement("l", (), (TokenAdjustment("team:tpm", 1000, -550),))])
-    assert await limiter.remaining(tokens) == 950
-    await limiter.settle([Settlement("l", (), (TokenAdjustment("team:tpm", 1000, -5000),))])
-    assert await limiter.remaining(tokens) == 1000
+    clock.ms += 1000  # a's ticket expired with its lease: too late to reconcile
+    await limiter.settle([refund("a", 600)])
+    assert await limiter.remaining(tokens) == 416  # only a second of refill (1000 a minute)
+
+
+async def test_admission_applies_the_settlements_it_carries_before_its_checks() -> None:
+    limiter = MemoryLimiter(Clock())
+    tokens = LimitCheck(LimitKind.TOKENS, "team:tpm", 1000, cost=600)
+    await limiter.admit([tokens], "a", 1000, ticket_key="team:tickets")
+
+    second = await limiter.admit(
+        [tokens], "b", 1000, ticket_key="team:tickets", settlements=[refund("a", 550)]
+    )
+
+    assert second[0].allowed and second[0].remaining == 350
 
 
 async def test_leases_count_in_flight_and_free_on_settle_or_expiry() -> None:
@@ -85,7 +129,7 @@ async def test_leases_count_in_flight_and_free_on_settle_or_expiry() -> None:
     assert (await limiter.admit([slots], "a", 5000))[0].allowed
     assert (await limiter.admit([slots], "b", 5000))[0].allowed
     assert not (await limiter.admit([slots], "c", 5000))[0].allowed
-    await limiter.settle([Settlement("a", ("team:inflight",), ())])
+    await limiter.settle([Settlement("a", None, ("team:inflight",), ())])
     assert await limiter.in_flight("team:inflight") == 1
     clock.ms += 5000  # b's release was lost: its lease expires by itself
     assert await limiter.in_flight("team:inflight") == 0
