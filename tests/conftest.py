@@ -20,6 +20,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer, make_mocked_request
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
@@ -181,6 +182,30 @@ async def post_chat(
         ) as resp,
     ):
         return Reply(resp.status, dict(resp.headers), await resp.read())
+
+
+async def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
+    """The sum of the gateway's `name` samples (from /metrics) whose labels include
+    `labels`."""
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def add_safety_model(raw: dict[str, Any], url: str, model: str, **upstream: Any) -> None:
+    """Adds `model`, served by a fake upstream at `url` (a fake whose model name contains
+    "guard" answers like Llama Guard), to a configuration from config_dict()."""
+    raw["upstreams"][f"{model}-upstream"] = {
+        **raw["upstreams"]["fake-openai"],
+        "base_url": f"{url}/v1",
+        **upstream,
+    }
+    raw["models"][model] = {"upstreams": [{"upstream": f"{model}-upstream"}]}
 
 
 async def wait_ready(url: str, seconds: float = 20.0) -> None:

@@ -25,6 +25,7 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
+    add_safety_model,
     auth,
     chat_body,
     config_dict,
@@ -144,11 +145,7 @@ async def test_every_exchange_field_has_one_writer_and_no_stage_edits_a_request(
     start_gateway: StartGateway, upstream: RunningUpstream, spare_upstream: RunningUpstream
 ) -> None:
     raw = config_dict(upstream.url)
-    raw["upstreams"]["guard"] = {
-        **raw["upstreams"]["fake-openai"],
-        "base_url": f"{spare_upstream.url}/v1",
-    }
-    raw["models"][GUARD] = {"upstreams": [{"upstream": "guard"}]}
+    add_safety_model(raw, spare_upstream.url, GUARD)
     raw["models"][OPENAI_MODEL]["context_window"] = 60
     raw["policies"] = {
         "checked": {

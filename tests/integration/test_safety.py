@@ -17,6 +17,7 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
+    add_safety_model,
     auth,
     chat_body,
     config_dict,
@@ -38,17 +39,18 @@ async def start(
     guard: RunningUpstream,
     **safety: Any,
 ) -> RunningGateway:
+    return await start_gateway(guarded(upstream, guard, **safety))
+
+
+def guarded(upstream: RunningUpstream, guard: RunningUpstream, **safety: Any) -> dict[str, Any]:
+    """team-a under a policy that asks GUARD, served by `guard`."""
     raw = config_dict(upstream.url)
-    raw["upstreams"]["guard-upstream"] = {
-        **raw["upstreams"]["fake-openai"],
-        "base_url": f"{guard.url}/v1",
-        "timeouts": {"connect": 1, "first_byte": 1, "idle": 1, "total": 5},
-    }
-    raw["models"][GUARD] = {"upstreams": [{"upstream": "guard-upstream"}]}
+    timeouts = {"connect": 1, "first_byte": 1, "idle": 1, "total": 5}
+    add_safety_model(raw, guard.url, GUARD, timeouts=timeouts)
     raw["policies"] = {"guarded": {"safety": {"model": GUARD, **safety}}}
     raw["teams"]["team-a"]["policies"] = ["guarded"]
     raw["retries"] = {"max_attempts": 1}
-    return await start_gateway(raw)
+    return raw
 
 
 async def post(gateway: RunningGateway, **params: Any) -> tuple[int, Any]:
@@ -175,14 +177,7 @@ async def test_only_category_codes_of_a_verdict_reach_the_client(
 async def test_rate_limited_requests_never_reach_the_safety_model(
     start_gateway: StartGateway, upstream: RunningUpstream, guard: RunningUpstream
 ) -> None:
-    raw = config_dict(upstream.url)
-    raw["upstreams"]["guard-upstream"] = {
-        **raw["upstreams"]["fake-openai"],
-        "base_url": f"{guard.url}/v1",
-    }
-    raw["models"][GUARD] = {"upstreams": [{"upstream": "guard-upstream"}]}
-    raw["policies"] = {"guarded": {"safety": {"model": GUARD}}}
-    raw["teams"]["team-a"]["policies"] = ["guarded"]
+    raw = guarded(upstream, guard)
     raw["teams"]["team-a"]["limits"] = {"requests_per_minute": 1}
     gateway = await start_gateway(raw)
 

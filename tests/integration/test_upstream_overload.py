@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -21,6 +20,7 @@ from tests.conftest import (
     StartGateway,
     chat_body,
     config_dict,
+    metric,
     post_chat,
 )
 
@@ -63,18 +63,6 @@ async def sdk(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
-async def counter(gateway: RunningGateway, name: str, **labels: str) -> float:
-    """The sum of the gateway's `name` samples whose labels include `labels`."""
-    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
 async def test_http_529_is_retried_on_the_models_other_upstream(
     sdk: openai.AsyncOpenAI,
     gateway: RunningGateway,
@@ -90,7 +78,7 @@ async def test_http_529_is_retried_on_the_models_other_upstream(
     assert completion.choices[0].message.content == "echo: hello there"
     assert (len(upstream.state.requests), len(spare_upstream.state.requests)) == (1, 1)
     retries = "llm_gateway_upstream_retries_total"
-    assert await counter(gateway, retries, upstream="claude-a", reason="unavailable") == 1
+    assert await metric(gateway, retries, upstream="claude-a", reason="unavailable") == 1
 
 
 async def test_overloaded_error_event_before_the_first_event_is_retried(
@@ -150,4 +138,4 @@ async def test_overload_counts_toward_ejection(
         health = (await resp.json())["upstreams"]
     assert health["claude-a"]["state"] == "ejected"
     ejections = "llm_gateway_upstream_ejections_total"
-    assert await counter(gateway, ejections, upstream="claude-a") == 1
+    assert await metric(gateway, ejections, upstream="claude-a") == 1

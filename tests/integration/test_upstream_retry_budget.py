@@ -9,29 +9,17 @@ import time
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
-    RunningGateway,
     RunningUpstream,
     StartGateway,
     auth,
     chat_body,
     config_dict,
+    metric,
     post_chat,
 )
-
-
-async def in_flight(gateway: RunningGateway) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
-        text = await resp.text()
-    return next(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "llm_gateway_requests_in_flight"
-    )
 
 
 async def test_a_retry_abandoned_during_its_backoff_gives_its_budget_slot_back(
@@ -53,7 +41,8 @@ async def test_a_retry_abandoned_during_its_backoff_gives_its_budget_slot_back(
         ):
             await resp.read()
     deadline = time.monotonic() + 3
-    while await in_flight(gateway) > 0:  # until the gateway has dropped the request
+    # Until the gateway has dropped the request.
+    while await metric(gateway, "llm_gateway_requests_in_flight") > 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -24,6 +23,7 @@ from tests.conftest import (
     auth,
     chat_body,
     config_dict,
+    metric,
     post_chat,
     serve_fake_upstream,
 )
@@ -53,18 +53,6 @@ def upstreams_config(*servers: RunningUpstream, per_try: float = PER_TRY, **sect
     raw["models"][MODEL]["upstreams"] = targets
     raw.update(sections)
     return raw
-
-
-async def counter(gateway: RunningGateway, name: str, **labels: str) -> float:
-    """The sum of the gateway's `name` samples whose labels include `labels`."""
-    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 async def eventually(condition: Callable[[], object], seconds: float = 3.0) -> None:
@@ -117,7 +105,7 @@ async def test_a_hung_upstream_is_retried_on_another_after_one_per_try_timeout(
     # The gateway hung up on the stuck upstream instead of keeping its connection.
     await eventually(lambda: upstream.state.disconnected)
     retries = "llm_gateway_upstream_retries_total"
-    assert await counter(gateway, retries, model=MODEL, upstream="up-0", reason="timeout") == 1
+    assert await metric(gateway, retries, model=MODEL, upstream="up-0", reason="timeout") == 1
 
 
 @pytest.fixture
@@ -170,7 +158,7 @@ async def test_a_timeout_is_not_retried_when_the_retry_budget_is_spent(
     assert b'"code":"upstream_timeout"' in body
     assert PER_TRY <= elapsed < PER_TRY + SLACK
     assert (len(upstream.state.requests), len(spare_upstream.state.requests)) == (1, 0)
-    assert await counter(gateway, "llm_gateway_upstream_retries_over_budget_total") == 1
+    assert await metric(gateway, "llm_gateway_upstream_retries_over_budget_total") == 1
 
 
 async def test_a_stream_that_stalls_after_its_first_event_is_never_retried(
