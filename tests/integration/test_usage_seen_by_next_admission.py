@@ -40,8 +40,9 @@ def redis_url(request: pytest.FixtureRequest) -> str | None:
     return server.url
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_third_request_after_two_costly_answers_is_refused_every_round(
-    start_gateway: StartGateway, upstream: RunningUpstream, redis_url: str | None
+    start_gateway: StartGateway, upstream: RunningUpstream, redis_url: str | None, stream: bool
 ) -> None:
     raw = config_dict(upstream.url)
     raw["rate_limits"] = {"redis_url": redis_url, "redis_timeout_ms": 1000}
@@ -56,7 +57,7 @@ async def test_third_request_after_two_costly_answers_is_refused_every_round(
     }
     gateway = await start_gateway(raw)
     upstream.state.default = Behavior(usage_total=USED)
-    body = chat_body(max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    body = chat_body(max_tokens=5, stream=stream, messages=[{"role": "user", "content": "hi"}])
     reserved = 4 + 1 + 5  # prompt estimate (4 a message, 1 for "hi") plus max_tokens
 
     failures: list[str] = []
