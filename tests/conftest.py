@@ -152,11 +152,22 @@ async def gateway(start_gateway: StartGateway) -> RunningGateway:
     return await start_gateway()
 
 
+@asynccontextmanager
+async def sdk_for(
+    gateway: RunningGateway, key: str = TEAM_KEY
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official SDK pointed at `gateway` with `key`, never retrying on its own."""
+    sdk = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    try:
+        yield sdk
+    finally:
+        await sdk.close()
+
+
 @pytest.fixture
 async def client(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    sdk = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
-    yield sdk
-    await sdk.close()
+    async with sdk_for(gateway) as sdk:
+        yield sdk
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from tests.conftest import (
     RunningUpstream,
     StartGateway,
     config_dict,
+    sdk_for,
 )
 
 CLAUDE = "claude-test"
@@ -38,9 +39,8 @@ async def sdk(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> AsyncIterator[openai.AsyncOpenAI]:
     gateway = await start_gateway(anthropic_config(upstream.url))
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
-    yield client
-    await client.close()
+    async with sdk_for(gateway) as client:
+        yield client
 
 
 def assert_upstream_saw_only_its_own_key(upstream: RunningUpstream) -> None:
@@ -154,13 +154,10 @@ async def test_a_droppable_parameter_is_dropped_and_the_response_says_so(
     raw = anthropic_config(upstream.url)
     raw["models"][CLAUDE]["drop_params"] = ["seed", "presence_penalty"]
     gateway = await start_gateway(raw)
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
-    try:
+    async with sdk_for(gateway) as client:
         raw_response = await client.chat.completions.with_raw_response.create(
             model=CLAUDE, messages=[{"role": "user", "content": "hi"}], seed=7
         )
-    finally:
-        await client.close()
 
     assert raw_response.headers["x-gateway-dropped-params"] == "seed"
     assert raw_response.parse().choices[0].message.content == "echo: hi"

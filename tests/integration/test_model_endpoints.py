@@ -14,11 +14,11 @@ from tests.conftest import (
     MODEL,
     OPENAI_MODEL,
     OTHER_TEAM_MODEL,
-    TEAM_KEY,
     RunningGateway,
     RunningUpstream,
     StartGateway,
     config_dict,
+    sdk_for,
 )
 
 
@@ -33,9 +33,8 @@ async def narrowed(start_gateway: StartGateway, upstream: RunningUpstream) -> Ru
 
 @pytest.fixture
 async def sdk(narrowed: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=f"{narrowed.url}/v1", api_key=TEAM_KEY, max_retries=0)
-    yield client
-    await client.close()
+    async with sdk_for(narrowed) as client:
+        yield client
 
 
 async def test_listing_shows_only_what_the_policy_lets_the_team_call(

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway.testing.fake_upstream import Behavior
-from tests.conftest import MODEL, UPSTREAM_MODEL, RunningGateway, RunningUpstream
+from tests.conftest import MODEL, UPSTREAM_MODEL, RunningGateway, RunningUpstream, sdk_for
 
 
 async def test_chat_completion_returns_the_upstream_answer_and_usage(
@@ -69,10 +69,11 @@ async def test_stream_chunks_reach_the_client_before_the_upstream_finishes(
 
 
 async def test_unknown_key_raises_authentication_error(gateway: RunningGateway) -> None:
-    sdk = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="gw-wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
-        await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    await sdk.close()
+    async with sdk_for(gateway, "gw-wrong") as sdk:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await sdk.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
 
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_api_key"

@@ -14,7 +14,6 @@ import pytest
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
-    TEAM_KEY,
     RunningGateway,
     RunningUpstream,
     StartGateway,
@@ -22,6 +21,7 @@ from tests.conftest import (
     config_dict,
     metric,
     post_chat,
+    sdk_for,
 )
 
 CLAUDE = "claude-test"
@@ -58,9 +58,8 @@ async def gateway(
 
 @pytest.fixture
 async def sdk(gateway: RunningGateway) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=TEAM_KEY, max_retries=0)
-    yield client
-    await client.close()
+    async with sdk_for(gateway) as client:
+        yield client
 
 
 async def test_http_529_is_retried_on_the_models_other_upstream(
