@@ -184,6 +184,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(error)
     except web.HTTPException as http_error:
         response = error_response(_from_http_exception(http_error))
+    except ConnectionResetError:
+        raise  # the client left (recorded by the pipeline): nothing to answer, no bug
     except Exception as exc:
         request.app[LOG].error(
             "internal_error", request_id=exchange.request_id, where=where_it_failed(exc)

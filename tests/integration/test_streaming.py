@@ -58,6 +58,29 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
         lambda: [r["outcome"] for r in gateway.log_records("request")] == ["client_aborted"]
     )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert gateway.log_records("internal_error") == []  # a client leaving is not a bug
+
+
+async def test_client_that_leaves_before_the_first_event_is_audited_as_aborted(
+    gateway: RunningGateway, upstream: RunningUpstream
+) -> None:
+    upstream.state.default = Behavior(delay=0.5)
+    headers = {**auth(), "x-request-id": "early-leaver-1"}
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await session.post(
+                f"{gateway.url}/v1/chat/completions",
+                json=chat_body(stream=True),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=0.1),
+            )
+
+    await wait_until(lambda: gateway.log_records("audit"))
+    [audit] = gateway.log_records("audit")
+    assert (audit["status"], audit["outcome"]) == (499, "client_aborted")
+    assert gateway.log_records("internal_error") == []
+    await wait_until(lambda: upstream.state.disconnected)
 
 
 async def test_upstream_cut_mid_stream_ends_with_error_event_and_no_done(
