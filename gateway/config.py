@@ -97,9 +97,13 @@ class UpstreamTimeouts(BaseModel):
     first_byte: Seconds = 60.0
     # Longest silence while reading: for the headers once the request is sent, within a
     # whole answer, before a stream's first event (each retried like first_byte), and
-    # between later stream events (which ends the stream: bytes reached the client).
+    # between later stream events (which ends the stream: bytes reached the client). Also
+    # the longest a stream's client may take nothing of it: a write to the client waiting
+    # that long ends the stream (the client's connection is closed).
     idle: Seconds = 60.0
-    # One attempt from start to end, a stream's whole length included.
+    # One attempt from start to end, a stream's whole length included, however long its
+    # client takes to read it: when it runs out the stream ends, whichever side is waited
+    # on.
     total: Seconds = 600.0
 
 

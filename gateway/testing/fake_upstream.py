@@ -18,11 +18,12 @@ with the behavior `shape=vllm`.
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
-`stall_after=2` (silence mid-stream), `stall_body` (a whole answer's headers and half its
-body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event inside a
-200 stream), `usage_total=900` (the answer's `usage` reports 900 tokens in all, whatever it
-says: a short request that costs a lot, for token limits), and `shape=vllm` (not a fault:
-vLLM's message keys).
+`stall_after=2` (silence mid-stream), `endless` (a stream whose content events repeat until
+the client leaves, as fast as they are taken), `stall_body` (a whole answer's headers and
+half its body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event
+inside a 200 stream), `usage_total=900` (the answer's `usage` reports 900 tokens in all,
+whatever it says: a short request that costs a lot, for token limits), and `shape=vllm`
+(not a fault: vLLM's message keys).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -31,6 +32,7 @@ vLLM's message keys).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import deque
@@ -50,6 +52,7 @@ class Behavior:
     abort_after: int | None = None  # stream this many content events, then drop
     delay: float = 0.0  # seconds before each stream event, and before an error status
     stall_after: int | None = None  # stream this many content events, then go silent
+    endless: bool = False  # repeat the stream's content events until the client leaves
     stall_body: bool = False  # a whole answer: headers and half the body, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
     error_after: int = 0  # ...after this many content events
@@ -79,6 +82,8 @@ class Behavior:
                 behavior = replace(behavior, delay=float(value))
             elif key == "stall_after":
                 behavior = replace(behavior, stall_after=int(value))
+            elif key == "endless":
+                behavior = replace(behavior, endless=True)
             elif key == "stall_body":
                 behavior = replace(behavior, stall_body=True)
             elif key == "stream_error":
@@ -206,12 +211,14 @@ class FakeUpstream:
         self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior
     ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks: Iterable[dict[str, Any]] = answer.chunks(include_usage)
+        if behavior.endless:
+            # The role event, then the content events over and over: never an end.
+            every = list(chunks)
+            chunks = itertools.chain(every[:1], itertools.cycle(filter(_is_content, every)))
         events = (
-            (
-                b"data: " + json.dumps(chunk).encode() + b"\n\n",
-                bool(chunk["choices"] and _carries_content(chunk["choices"][0]["delta"])),
-            )
-            for chunk in answer.chunks(include_usage)
+            (b"data: " + json.dumps(chunk).encode() + b"\n\n", _is_content(chunk))
+            for chunk in chunks
         )
         return await self.play_stream(request, behavior, events, _stream_error, b"data: [DONE]\n\n")
 
@@ -406,6 +413,10 @@ def _wants_json(body: dict[str, Any]) -> bool:
         "json_schema",
         "json_object",
     )
+
+
+def _is_content(chunk: dict[str, Any]) -> bool:
+    return bool(chunk["choices"] and _carries_content(chunk["choices"][0]["delta"]))
 
 
 def _carries_content(delta: dict[str, Any]) -> bool:

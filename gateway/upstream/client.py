@@ -13,7 +13,8 @@ answer, before and between stream events); `total`, the attempt including the wh
 stream. An attempt also never waits past the deadline its caller gives (what is left of
 `retries.deadline_s`). A timeout before the answer is committed is retryable on another
 upstream (`AttemptFailed.timed_out`); one cut short by the deadline is not held against
-the upstream.
+the upstream. A stream's answer carries `idle` and the end of `total` to the relay, which
+applies them to the writes to the client, the side this layer cannot see.
 """
 
 from __future__ import annotations
@@ -69,11 +70,25 @@ class JsonAnswer:
 
 
 class StreamAnswer:
-    """A stream whose first event has arrived; iterate the rest, then `close()`."""
+    """A stream whose first event has arrived; iterate the rest, then `close()`.
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], response: aiohttp.ClientResponse):
+    It carries the serving upstream's bounds for the side the upstream layer cannot see,
+    the writes to the client: `idle`, the longest a write may wait, and `ends_at`
+    (event-loop time), when the attempt's `total` runs out, whichever side is waiting."""
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        response: aiohttp.ClientResponse,
+        *,
+        idle: float,
+        ends_at: float,
+    ) -> None:
         self.first = first
         self.rest = rest
+        self.idle = idle
+        self.ends_at = ends_at
         self._response = response
         # Added to by whoever tracks the call (outstanding requests, retry budget).
         self.on_close: list[Callable[[], None]] = []
@@ -93,6 +108,8 @@ class _Endpoint:
     headers: CIMultiDict[str]
     timeout: aiohttp.ClientTimeout
     first_byte: float
+    idle: float
+    total: float
     # A context trusting the upstream's own CA, or True: the default, verifying context.
     ssl: ssl.SSLContext | bool
 
@@ -115,6 +132,8 @@ class UpstreamClient:
                     sock_read=upstream.timeouts.idle,
                 ),
                 first_byte=upstream.timeouts.first_byte,
+                idle=upstream.timeouts.idle,
+                total=upstream.timeouts.total,
                 ssl=ssl.create_default_context(cafile=upstream.ca_file)
                 if upstream.ca_file
                 else True,
@@ -142,14 +161,24 @@ class UpstreamClient:
         endpoint = self._endpoints[target.upstream_name]
         headers = endpoint.headers.copy()
         headers["x-request-id"] = request_id
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
+                # aiohttp's clock for `total` starts with the request, as this one does.
+                started = loop.time()
                 response = await self._post(endpoint, body, headers)
                 try:
                     if response.status >= 300:
                         raise await _failed_status(response)
                     if stream:
-                        return await self._first_event(response, translator)
+                        first, rest = await self._first_event(response, translator)
+                        return StreamAnswer(
+                            first,
+                            rest,
+                            response,
+                            idle=endpoint.idle,
+                            ends_at=started + endpoint.total,
+                        )
                     return await self._whole(response, target, public_model)
                 except BaseException:
                     response.close()
@@ -219,7 +248,7 @@ class UpstreamClient:
 
     async def _first_event(
         self, response: aiohttp.ClientResponse, translator: StreamTranslator | None
-    ) -> StreamAnswer:
+    ) -> tuple[bytes, AsyncIterator[bytes]]:
         events = openai_events(
             iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
         )
@@ -235,7 +264,7 @@ class UpstreamClient:
             raise _timed_out("The upstream sent nothing in time.") from None
         except aiohttp.ClientError:
             raise _unreachable("The upstream connection broke before the first event.") from None
-        return StreamAnswer(first, events, response)
+        return first, events
 
 
 async def openai_events(
