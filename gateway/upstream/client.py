@@ -34,6 +34,7 @@ from gateway.dialects import DIALECTS
 from gateway.dialects.base import StreamTranslator
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, from_upstream
 from gateway.routing import UpstreamTarget
+from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
 from gateway.upstream.sse import EventTooLarge, iter_events
 
@@ -119,6 +120,12 @@ class UpstreamClient:
         self._session = session
         self._server: ServerConfig = config.server
         self._endpoints: dict[str, _Endpoint] = {}
+        # The connections each upstream may have in use (see `pool`): taken by the caller
+        # for an attempt and held until its answer is read or its stream closed.
+        self.pools = {
+            name: ConnectionPool(upstream.max_connections, upstream.pool_timeout)
+            for name, upstream in config.upstreams.items()
+        }
         for name, upstream in config.upstreams.items():
             dialect = DIALECTS[upstream.dialect]
             api_key = upstream.api_key_env.value if upstream.api_key_env else None
@@ -126,9 +133,13 @@ class UpstreamClient:
             self._endpoints[name] = _Endpoint(
                 url=str(upstream.base_url).rstrip("/") + dialect.path,
                 headers=headers,
+                # aiohttp's `connect` also counts waiting for its own pool, which the
+                # gateway's pools keep from ever happening; `sock_connect` is connecting
+                # alone (TCP and TLS).
                 timeout=aiohttp.ClientTimeout(
                     total=upstream.timeouts.total,
                     connect=upstream.timeouts.connect,
+                    sock_connect=upstream.timeouts.connect,
                     sock_read=upstream.timeouts.idle,
                 ),
                 first_byte=upstream.timeouts.first_byte,
