@@ -67,8 +67,10 @@ class RelayRecord:
     # How the answer's relay ended (the audit line's `outcome`):
     # - "ok": a whole answer, or a stream that reached [DONE];
     # - "upstream_cut": the upstream cut the stream, reported an error in it or went
-    #   silent past its idle timeout, or sent an oversized event (the client got an error
-    #   event, no [DONE]);
+    #   silent past its idle timeout (the client got an error event, no [DONE]);
+    # - "upstream_bad_event": the upstream sent an event that is not a chat.completion.chunk
+    #   (invalid UTF-8, not JSON, wrong shape) or is too large; not passed on, and the
+    #   stream ended as for a cut;
     # - "client_aborted": the client left while the stream was being written;
     # - "client_stalled": the client took nothing for the upstream's idle timeout (or was
     #   still being waited on at its total), and the gateway closed its connection.

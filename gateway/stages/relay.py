@@ -4,8 +4,9 @@ Whole answers go out as the upstream (or its dialect's translation) produced the
 are forwarded event by event as each arrives, never buffered whole; the client's response
 starts only once the upstream's first event is in (until then a failure can still be
 retried elsewhere). A stream that the upstream cuts, reports an error in, stalls past the
-idle timeout or overflows ends with an OpenAI-shaped error event and no `[DONE]`, so a
-client can tell a cut answer from a complete one.
+idle timeout, overflows or sends an event that is not a chat.completion.chunk ends with an
+OpenAI-shaped error event and no `[DONE]`, so a client can tell a cut answer from a
+complete one.
 
 Writes to the client have deadlines too (`_ClientDeadline`): a client that takes nothing
 for the serving upstream's `timeouts.idle`, or is still being waited on when the attempt's
@@ -30,6 +31,7 @@ from gateway.accounting import usage_of
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, RelayRecord, Stage, StageOrderError, need
 from gateway.upstream.client import JsonAnswer, StreamAnswer
+from gateway.upstream.shape import BadEvent
 from gateway.upstream.sse import EventTooLarge, error_event, is_done
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -185,8 +187,16 @@ async def _forward_events(
             error = error.withheld()
         end = "upstream_cut"
         failure = error_event(error.message, error.code or "upstream_error", error.error_type)
+    except BadEvent:
+        # Neither the event nor anything after it is passed on; the upstream request is
+        # closed on the way out (the upstream stage's leave), its connection not reused.
+        end = "upstream_bad_event"
+        failure = error_event(
+            "The upstream sent a stream event that is not a valid chat.completion.chunk.",
+            "upstream_error",
+        )
     except EventTooLarge:
-        end = "upstream_cut"
+        end = "upstream_bad_event"
         failure = error_event("The upstream sent an event larger than allowed.", "upstream_error")
     except TimeoutError:
         end = "upstream_cut"

@@ -2,9 +2,10 @@
 URL, headers and timeouts, and the classification of every way the attempt can fail.
 
 An attempt ends when the answer is safe to commit to: a whole JSON answer read (and
-translated), or a stream's first event. Until then nothing has reached the client, so a
-failure may be retried elsewhere (`AttemptFailed.retryable`); after it, a stream's failure
-can only end the stream (see `relay`).
+translated) and found to be a chat.completion, or a stream's first event. Until then
+nothing has reached the client, so a failure may be retried elsewhere
+(`AttemptFailed.retryable`); after it, a stream's failure can only end the stream (see
+`relay`). Every event of a stream is checked on its way through (see `shape`).
 
 Timeouts per upstream, for one attempt: `connect`; `first_byte`, the per-try timeout
 (Envoy's per_try_timeout), from the attempt's start to the response headers; `idle`, the
@@ -36,11 +37,11 @@ from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, f
 from gateway.routing import UpstreamTarget
 from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
-from gateway.upstream.sse import EventTooLarge, iter_events
+from gateway.upstream.shape import MAX_UPSTREAM_MESSAGE, BadEvent, check_event, is_completion
+from gateway.upstream.sse import EventTooLarge, is_done, iter_events
 
 # Upstream error bodies are read only this far: enough for any real error message.
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_UPSTREAM_MESSAGE = 1000
 
 
 class AttemptFailed(Exception):
@@ -253,6 +254,9 @@ class UpstreamClient:
             translated = target.dialect.translate_response(parsed, public_model)
         except GatewayError as error:  # an answer the dialect cannot read
             raise AttemptFailed(error, retryable=False, unhealthy=True) from None
+        answer = parsed if translated is None else translated
+        if not is_completion(answer):
+            raise _bad_answer("The upstream's answer is not a valid chat.completion.")
         if translated is not None:
             return JsonAnswer(to_json(translated), usage_of(translated))
         return JsonAnswer(bytes(body), usage_of(parsed))
@@ -271,6 +275,10 @@ class UpstreamClient:
             raise _failed_in_stream(error) from None
         except EventTooLarge:
             raise _bad_answer("The upstream sent an event larger than allowed.") from None
+        except BadEvent:
+            raise _bad_answer(
+                "The upstream sent a stream event that is not a valid chat.completion.chunk."
+            ) from None
         except TimeoutError:
             raise _timed_out("The upstream sent nothing in time.") from None
         except aiohttp.ClientError:
@@ -281,35 +289,25 @@ class UpstreamClient:
 async def openai_events(
     events: AsyncIterator[bytes], translator: StreamTranslator | None
 ) -> AsyncIterator[bytes]:
-    """OpenAI chunk events: translated, or checked for an error reported inside the stream
-    (vLLM sends `data: {"error": {..., "code": 400}}` in a 200 stream)."""
+    """OpenAI chunk events: translated, or checked (see `shape`) and passed on as they
+    came. Raises the error an event reports (vLLM sends `data: {"error": {..., "code":
+    400}}` in a 200 stream), or BadEvent for an event that is not a chunk."""
     async for event in events:
-        if translator is not None:
-            for translated in translator.feed(event):
-                yield translated
-            continue
-        if b'"error"' in event:
-            _raise_in_stream_error(event)
-        yield event
-
-
-def _raise_in_stream_error(event: bytes) -> None:
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
+        if translator is None:
+            if not is_done(event):
+                check_event(event)
+            yield event
             continue
         try:
-            chunk = from_json(line[5:])
-        except ValueError:
-            return
-        error = chunk.get("error") if isinstance(chunk, dict) else None
-        if not isinstance(error, dict):
-            return
-        code = error.get("code")
-        status = code if isinstance(code, int) and 400 <= code <= 599 else 503
-        message = error.get("message")
-        raise from_upstream(
-            status, str(message)[:_MAX_UPSTREAM_MESSAGE] if message is not None else None
-        )
+            translated = translator.feed(event)
+        except GatewayError as error:
+            # An error the upstream reported names its status; one without a status is
+            # the translator's "cannot read this event".
+            if error.upstream_status is None:
+                raise BadEvent from None
+            raise
+        for chunk in translated:
+            yield chunk
 
 
 async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
@@ -363,12 +361,12 @@ async def _upstream_error_fields(
         return None, None, None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, str):
-        return error[:_MAX_UPSTREAM_MESSAGE], None, None
+        return error[:MAX_UPSTREAM_MESSAGE], None, None
     if not isinstance(error, dict):
         return None, None, None
 
     def text(key: str) -> str | None:
         value = error.get(key)
-        return str(value)[:_MAX_UPSTREAM_MESSAGE] if value is not None else None
+        return str(value)[:MAX_UPSTREAM_MESSAGE] if value is not None else None
 
     return text("message"), text("param"), text("code")
