@@ -146,7 +146,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     connector = aiohttp.TCPConnector(
         limit=sum(u.max_connections for u in config.upstreams.values()),
-        limit_per_host=max(u.max_connections for u in config.upstreams.values()),
+        limit_per_host=0,  # each upstream's own bound is kept by its pool (upstream/pool)
         ttl_dns_cache=300,
         enable_cleanup_closed=True,
     )

@@ -87,9 +87,10 @@ class UpstreamTimeouts(BaseModel):
 
     model_config = _FROZEN
 
-    # Establishing the connection (TCP and TLS; aiohttp counts waiting for a free pooled
-    # connection too). Running out of it is a failed connection, retried like one (the
-    # same upstream included, as it may have been a passing refusal).
+    # Establishing the connection (TCP and TLS). Running out of it is a failed connection,
+    # retried like one (the same upstream included, as it may have been a passing
+    # refusal). Waiting for a free connection of the gateway's own pool is not part of it
+    # (see `pool_timeout`).
     connect: Seconds = 5.0
     # Per try (Envoy's per_try_timeout): from the attempt's start, connecting included, to
     # the response headers. Then the call goes on with another upstream, if any is left
@@ -97,9 +98,13 @@ class UpstreamTimeouts(BaseModel):
     first_byte: Seconds = 60.0
     # Longest silence while reading: for the headers once the request is sent, within a
     # whole answer, before a stream's first event (each retried like first_byte), and
-    # between later stream events (which ends the stream: bytes reached the client).
+    # between later stream events (which ends the stream: bytes reached the client). Also
+    # the longest a stream's client may take nothing of it: a write to the client waiting
+    # that long ends the stream (the client's connection is closed).
     idle: Seconds = 60.0
-    # One attempt from start to end, a stream's whole length included.
+    # One attempt from start to end, a stream's whole length included, however long its
+    # client takes to read it: when it runs out the stream ends, whichever side is waited
+    # on.
     total: Seconds = 600.0
 
 
@@ -111,7 +116,15 @@ class UpstreamConfig(BaseModel):
     # The name of the environment variable that holds this upstream's API key.
     api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    # Connections the gateway opens to this upstream at most (one per request in flight
+    # to it, a stream's whole length included).
     max_connections: Annotated[int, Field(ge=1)] = 100
+    # The longest a request waits for one of them when all are in use (within
+    # `retries.deadline_s`); then 503 `upstream_busy`. The gateway's own backpressure:
+    # never counted against the upstream's health. 5 s is the default `connect`, as
+    # HAProxy's `timeout queue` defaults to its `timeout connect`: long enough to absorb a
+    # burst of short answers, short enough to shed load rather than stack it.
+    pool_timeout: Seconds = 5.0
     # Covered by a business associate agreement: may receive requests under HIPAA (which
     # also require https, see security.allow_plaintext_loopback_hipaa).
     hipaa_eligible: bool = False

@@ -125,6 +125,15 @@ class UpstreamUnavailable(GatewayError):
     default_code = "upstream_unavailable"
 
 
+class UpstreamBusy(GatewayError):
+    """The gateway's own connections to the upstream are all in use: its backpressure,
+    not the upstream's failure."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "upstream_busy"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     error_type = "timeout_error"

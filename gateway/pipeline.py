@@ -64,8 +64,16 @@ class RelayRecord:
     content_events: int = 0
     # The usage a stream reported in its last chunk.
     usage: Usage | None = None
-    # "ok", "upstream_cut" (a stream that stopped without [DONE]) or "client_aborted" (the
-    # client left while the stream was being written).
+    # How the answer's relay ended (the audit line's `outcome`):
+    # - "ok": a whole answer, or a stream that reached [DONE];
+    # - "upstream_cut": the upstream cut the stream, reported an error in it or went
+    #   silent past its idle timeout (the client got an error event, no [DONE]);
+    # - "upstream_bad_event": the upstream sent an event that is not a chat.completion.chunk
+    #   (invalid UTF-8, not JSON, wrong shape) or is too large; not passed on, and the
+    #   stream ended as for a cut;
+    # - "client_aborted": the client left while the stream was being written;
+    # - "client_stalled": the client took nothing for the upstream's idle timeout (or was
+    #   still being waited on at its total), and the gateway closed its connection.
     end: str = "ok"
 
 
@@ -135,7 +143,11 @@ class Exchange:
 
     @property
     def outcome(self) -> str:
-        return "client_aborted" if self.aborted else self.relayed.end
+        # A client the relay cut for not reading leaves the handler as a lost client does
+        # (`aborted`): the relay's word for it is the more precise.
+        if self.aborted and self.relayed.end != "client_stalled":
+            return "client_aborted"
+        return self.relayed.end
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

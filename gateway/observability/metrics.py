@@ -106,6 +106,16 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.upstream_pool_waits = Histogram(
+            f"{PREFIX}_upstream_pool_wait_seconds",
+            "Waits for a connection of the gateway's own full pool to an upstream, by how "
+            "they ended: acquired, timed_out (answered 503 upstream_busy) or abandoned (the "
+            "client left or the call's deadline came first). Requests that found a free "
+            "connection do not wait and are not observed.",
+            ["upstream", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.ejections = Counter(
             f"{PREFIX}_upstream_ejections",
             "Upstreams ejected by passive health after consecutive failures.",

@@ -4,14 +4,24 @@ Whole answers go out as the upstream (or its dialect's translation) produced the
 are forwarded event by event as each arrives, never buffered whole; the client's response
 starts only once the upstream's first event is in (until then a failure can still be
 retried elsewhere). A stream that the upstream cuts, reports an error in, stalls past the
-idle timeout or overflows ends with an OpenAI-shaped error event and no `[DONE]`, so a
-client can tell a cut answer from a complete one.
+idle timeout, overflows or sends an event that is not a chat.completion.chunk ends with an
+OpenAI-shaped error event and no `[DONE]`, so a client can tell a cut answer from a
+complete one.
+
+Writes to the client have deadlines too (`_ClientDeadline`): a client that takes nothing
+for the serving upstream's `timeouts.idle`, or is still being waited on when the attempt's
+`timeouts.total` runs out, has its connection closed. The request then unwinds like one
+whose client left (the upstream request closed, the rate-limit slot given back), with the
+outcome `client_stalled`.
 
 Reads: `answer`, `request` (did the client ask for the usage chunk), `hipaa`. Writes:
 `relayed`, `response`.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +31,7 @@ from gateway.accounting import usage_of
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, RelayRecord, Stage, StageOrderError, need
 from gateway.upstream.client import JsonAnswer, StreamAnswer
+from gateway.upstream.shape import BadEvent
 from gateway.upstream.sse import EventTooLarge, error_event, is_done
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -53,50 +64,152 @@ class Relay(Stage):
         exchange.response = response
         await response.prepare(exchange.http)
         relayed.first_byte_ms = exchange.elapsed_ms()
+        client = _ClientDeadline(response, exchange.http.transport, answer, relayed)
         try:
-            if not await _forward_events(answer, response, exchange, client_wants_usage):
-                relayed.end = "upstream_cut"
+            relayed.end = await _forward_events(answer, client, exchange, client_wants_usage)
+            await client.write_eof()
         except ConnectionResetError:
-            # The client left while an event was being written: nothing more to say to it.
-            relayed.end = "client_aborted"
+            # The client left while an event was being written (or was cut for not taking
+            # it): nothing more to say to it.
+            if relayed.end != "client_stalled":
+                relayed.end = "client_aborted"
+        finally:
+            client.stop()
+
+
+class _Writer(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+
+class _ClientDeadline:
+    """The writes of one stream to its client, each with a deadline, without a timer per
+    event: a write notes when it started (one clock read), and one timer, re-armed only
+    when it fires, checks whether the write in progress has waited too long.
+
+    A write waits only when the client's socket is full (aiohttp drains once 64 KiB are
+    unsent), so one waiting `idle` seconds means the client took too little for too long.
+    The connection is then aborted: the write fails, and the server cancels the handler as
+    for any lost client, so the request unwinds and everything it holds is given back."""
+
+    __slots__ = (
+        "_ends_at",
+        "_idle",
+        "_loop",
+        "_relayed",
+        "_response",
+        "_since",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        transport: asyncio.Transport | None,
+        answer: StreamAnswer,
+        relayed: RelayRecord,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._response = response
+        self._transport = transport
+        self._relayed = relayed
+        self._idle = answer.idle
+        self._ends_at = answer.ends_at
+        # When the write in progress began; None between writes.
+        self._since: float | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            min(self._loop.time() + self._idle, self._ends_at), self._check
+        )
+
+    async def write(self, data: bytes) -> None:
+        self._since = now = self._loop.time()
+        if now >= self._ends_at:
+            # The attempt's total has run out (only the final error event is left to
+            # write): the client may take it at once, but is not waited for.
+            self._loop.call_soon(self._cut_if_writing)
+        await self._response.write(data)
+        self._since = None
+
+    async def write_eof(self) -> None:
+        self._since = self._loop.time()
+        await self._response.write_eof()
+        self._since = None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self._since
+        if since is not None and now >= min(since + self._idle, self._ends_at):
+            self._timer = None
+            self._cut()
             return
-        await response.write_eof()
+        if now >= self._ends_at:
+            self._timer = None  # writes from now on watch themselves (see write)
+            return
+        start = now if since is None else since
+        self._timer = self._loop.call_at(min(start + self._idle, self._ends_at), self._check)
+
+    def _cut_if_writing(self) -> None:
+        if self._since is not None:
+            self._cut()
+
+    def _cut(self) -> None:
+        self._relayed.end = "client_stalled"
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()
 
 
 async def _forward_events(
     answer: StreamAnswer,
-    response: web.StreamResponse,
+    client: _ClientDeadline,
     exchange: Exchange,
     client_wants_usage: bool,
-) -> bool:
-    """Relays events until [DONE] (returns True) or a failure, which ends the stream with
-    an error event and no [DONE] (returns False)."""
+) -> str:
+    """Relays events until [DONE] ("ok") or a failure, which ends the stream with an error
+    event and no [DONE]; returns how the stream ended (`RelayRecord.end`)."""
     try:
         relayed = exchange.relayed
-        if await _forward(answer.first, response, relayed, client_wants_usage):
-            return True
+        if await _forward(answer.first, client, relayed, client_wants_usage):
+            return "ok"
         async for event in answer.rest:
-            if await _forward(event, response, relayed, client_wants_usage):
-                return True
+            if await _forward(event, client, relayed, client_wants_usage):
+                return "ok"
+        end = "upstream_cut"
         failure = error_event("The upstream ended the stream early.", "upstream_error")
     except ConnectionResetError:
         raise  # the client's side, not the upstream's (aiohttp's subclasses ClientError)
     except GatewayError as error:  # reported by the upstream inside the stream
         if exchange.hipaa:
             error = error.withheld()
+        end = "upstream_cut"
         failure = error_event(error.message, error.code or "upstream_error", error.error_type)
+    except BadEvent:
+        # Neither the event nor anything after it is passed on; the upstream request is
+        # closed on the way out (the upstream stage's leave), its connection not reused.
+        end = "upstream_bad_event"
+        failure = error_event(
+            "The upstream sent a stream event that is not a valid chat.completion.chunk.",
+            "upstream_error",
+        )
     except EventTooLarge:
+        end = "upstream_bad_event"
         failure = error_event("The upstream sent an event larger than allowed.", "upstream_error")
     except TimeoutError:
+        end = "upstream_cut"
         failure = error_event("The upstream stopped sending in time.", "upstream_timeout")
     except aiohttp.ClientError:
+        end = "upstream_cut"
         failure = error_event("The upstream connection broke mid-stream.", "upstream_error")
-    await response.write(failure)
-    return False
+    await client.write(failure)
+    return end
 
 
 async def _forward(
-    event: bytes, response: web.StreamResponse, relayed: RelayRecord, client_wants_usage: bool
+    event: bytes, response: _Writer, relayed: RelayRecord, client_wants_usage: bool
 ) -> bool:
     """Writes one event; True when it was the stream's [DONE]."""
     if is_done(event):

@@ -18,11 +18,15 @@ with the behavior `shape=vllm`.
 Faults on demand, from the first that applies: the `x-fake-behavior` request header, the
 next entry of `FakeUpstream.script`, or the server's default. A behavior is a `;`-separated
 list such as `status=503;retry_after=2`, `reset`, `hang`, `abort_after=3`, `delay=0.05`,
-`stall_after=2` (silence mid-stream), `stall_body` (a whole answer's headers and half its
-body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event inside a
-200 stream), `usage_total=900` (the answer's `usage` reports 900 tokens in all, whatever it
-says: a short request that costs a lot, for token limits), and `shape=vllm` (not a fault:
-vLLM's message keys).
+`stall_after=2` (silence mid-stream), `endless` (a stream whose content events repeat until
+the client leaves, as fast as they are taken), `stall_body` (a whole answer's headers and
+half its body, then silence), `stream_error=400;error_after=2` (vLLM's way: an error event
+inside a 200 stream), `bad_event=utf8;error_after=2` (an event that is not a chunk, then the
+rest of the stream as if nothing happened; `utf8`: invalid UTF-8 in a chunk's content,
+`json`: not JSON, `shape`: JSON of another shape; a whole answer is then bad the same way),
+`usage_total=900` (the answer's `usage` reports 900 tokens in all, whatever it says: a
+short request that costs a lot, for token limits), and `shape=vllm` (not a fault: vLLM's
+message keys).
 
 `POST /v1/messages` answers the same way in Anthropic's Messages API (see
 `fake_anthropic`), so the anthropic dialect is tested against a real server too.
@@ -31,6 +35,7 @@ vLLM's message keys).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import deque
@@ -50,8 +55,10 @@ class Behavior:
     abort_after: int | None = None  # stream this many content events, then drop
     delay: float = 0.0  # seconds before each stream event, and before an error status
     stall_after: int | None = None  # stream this many content events, then go silent
+    endless: bool = False  # repeat the stream's content events until the client leaves
     stall_body: bool = False  # a whole answer: headers and half the body, then go silent
     stream_error: int | None = None  # send an error event with this integer code...
+    bad_event: str | None = None  # ...or a bad event of this kind (see BAD_EVENTS)...
     error_after: int = 0  # ...after this many content events
     shape: str = "openai"  # whose response-only message keys a whole answer carries
     usage_total: int | None = None  # report this total in `usage` (completion = total - prompt)
@@ -79,10 +86,14 @@ class Behavior:
                 behavior = replace(behavior, delay=float(value))
             elif key == "stall_after":
                 behavior = replace(behavior, stall_after=int(value))
+            elif key == "endless":
+                behavior = replace(behavior, endless=True)
             elif key == "stall_body":
                 behavior = replace(behavior, stall_body=True)
             elif key == "stream_error":
                 behavior = replace(behavior, stream_error=int(value))
+            elif key == "bad_event" and value in BAD_EVENTS:
+                behavior = replace(behavior, bad_event=value)
             elif key == "error_after":
                 behavior = replace(behavior, error_after=int(value))
             elif key == "shape" and value in MESSAGE_SHAPES:
@@ -151,10 +162,14 @@ class FakeUpstream:
         self, request: web.Request, behavior: Behavior, answer: dict[str, Any]
     ) -> web.StreamResponse:
         """A whole JSON answer, or with `stall_body` its headers and half its body, then
-        silence until the client gives up."""
+        silence until the client gives up; with `bad_event`, an answer bad that way."""
+        body = json.dumps(answer).encode()
+        if behavior.bad_event is not None:
+            return web.Response(
+                body=bad_answer(behavior.bad_event, body), content_type="application/json"
+            )
         if not behavior.stall_body:
             return web.json_response(answer)
-        body = json.dumps(answer).encode()
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.content_length = len(body)
         await response.prepare(request)
@@ -206,12 +221,14 @@ class FakeUpstream:
         self, request: web.Request, body: dict[str, Any], answer: EchoAnswer, behavior: Behavior
     ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks: Iterable[dict[str, Any]] = answer.chunks(include_usage)
+        if behavior.endless:
+            # The role event, then the content events over and over: never an end.
+            every = list(chunks)
+            chunks = itertools.chain(every[:1], itertools.cycle(filter(_is_content, every)))
         events = (
-            (
-                b"data: " + json.dumps(chunk).encode() + b"\n\n",
-                bool(chunk["choices"] and _carries_content(chunk["choices"][0]["delta"])),
-            )
-            for chunk in answer.chunks(include_usage)
+            (b"data: " + json.dumps(chunk).encode() + b"\n\n", _is_content(chunk))
+            for chunk in chunks
         )
         return await self.play_stream(request, behavior, events, _stream_error, b"data: [DONE]\n\n")
 
@@ -228,6 +245,7 @@ class FakeUpstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         sent_content = 0
+        bad_event = None if behavior.bad_event is None else BAD_EVENTS[behavior.bad_event]
         try:
             for event, content in events:
                 if behavior.delay:
@@ -242,6 +260,9 @@ class FakeUpstream:
                     await response.write(error_event(behavior.stream_error))
                     await response.write_eof()
                     return response
+                if bad_event is not None and sent_content >= behavior.error_after:
+                    await response.write(bad_event)
+                    bad_event = None
                 await response.write(event)
                 sent_content += content
             if tail:
@@ -255,6 +276,24 @@ class FakeUpstream:
 
 
 MESSAGE_SHAPES = ("openai", "vllm")
+
+# What `bad_event=KIND` sends inside a stream.
+BAD_EVENTS = {
+    # A chunk of the right shape whose content is not UTF-8.
+    "utf8": b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","choices":'
+    b'[{"index":0,"delta":{"content":"\xff\xfe"},"finish_reason":null}]}\n\n',
+    "json": b"data: {this is not JSON\n\n",
+    "shape": b'data: {"unexpected": true}\n\n',
+}
+
+
+def bad_answer(kind: str, body: bytes) -> bytes:
+    """A whole answer (`body`) made bad the way `bad_event=KIND` says."""
+    if kind == "utf8":
+        return body.replace(b'"echo:', b'"\xff\xfeecho:')
+    if kind == "json":
+        return b"{this is not JSON"
+    return b'{"unexpected": true}'
 
 
 def response_only_keys(shape: str) -> dict[str, Any]:
@@ -406,6 +445,10 @@ def _wants_json(body: dict[str, Any]) -> bool:
         "json_schema",
         "json_object",
     )
+
+
+def _is_content(chunk: dict[str, Any]) -> bool:
+    return bool(chunk["choices"] and _carries_content(chunk["choices"][0]["delta"]))
 
 
 def _carries_content(delta: dict[str, Any]) -> bool:

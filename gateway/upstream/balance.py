@@ -1,19 +1,28 @@
 """Choosing an upstream for one attempt: by weight among the healthy ones not yet tried by
-this request, preferring the less loaded of two random picks (the power of two choices:
-nearly the balance of least-outstanding, without a scan or shared ordering)."""
+this request, preferring those with a free connection in the gateway's pool (a full pool
+would make the request wait while another upstream could serve it at once), and of two
+random picks the less loaded (the power of two choices: nearly the balance of
+least-outstanding, without a scan or shared ordering)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from gateway.routing import Route, UpstreamTarget
 from gateway.upstream.health import HealthBook
 
 
 class Balancer:
-    def __init__(self, health: HealthBook, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthBook,
+        rng: random.Random | None = None,
+        has_free_connection: Callable[[str], bool] | None = None,
+    ) -> None:
         self._health = health
         self._rng = rng or random.Random()  # noqa: S311 (load spreading, not secrecy)
+        self._has_free = has_free_connection or (lambda name: True)
 
     def pick(self, route: Route, tried: set[str]) -> UpstreamTarget:
         targets = route.targets
@@ -24,6 +33,9 @@ class Balancer:
         # Every candidate ejected (the health book avoids it, but cool-downs can overlap):
         # use them anyway rather than fail the request.
         candidates = healthy or fresh
+        if len(candidates) > 1:
+            # When every pool is full, the request waits for the pick's (see caller).
+            candidates = [t for t in candidates if self._has_free(t.upstream_name)] or candidates
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.choices(candidates, weights=[t.weight for t in candidates], k=2)

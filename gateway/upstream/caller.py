@@ -1,7 +1,9 @@
 """The upstream stage: pick an upstream, call it, and on a retryable failure try another,
 within the request's attempt limit, its deadline and the gateway's retry budget, with
 jittered backoff that honours the upstream's Retry-After. Every attempt's outcome feeds
-passive health.
+passive health. An attempt first takes a connection of the upstream's pool (see `pool`),
+held until the answer is read or the stream closed; waiting for one when the pool is full
+is the gateway's own backpressure, never held against the upstream.
 
 Only failures before anything reached the client are retried: a whole answer not yet
 read, or a stream before its first event. A try that timed out (the upstream's
@@ -19,11 +21,13 @@ import random
 import time
 
 from gateway.config import RetryConfig
+from gateway.errors import UpstreamBusy
 from gateway.observability.metrics import GatewayMetrics
 from gateway.routing import CallRecord, Route, Translation, UpstreamTarget
 from gateway.upstream.balance import Balancer
 from gateway.upstream.client import AttemptFailed, JsonAnswer, StreamAnswer, UpstreamClient
 from gateway.upstream.health import HealthBook
+from gateway.upstream.pool import ConnectionPool, PoolTimeout
 from gateway.upstream.retry import RetryBudget, backoff_s
 
 
@@ -41,7 +45,7 @@ class UpstreamCaller:
         self._config = config
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrecy)
-        self._balancer = Balancer(health, self._rng)
+        self._balancer = Balancer(health, self._rng, lambda name: client.pools[name].has_free)
         self.budget = RetryBudget(config)
 
     @property
@@ -156,8 +160,16 @@ class UpstreamCaller:
         deadline: float,
     ) -> JsonAnswer | StreamAnswer:
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
-        state = self._health.state[target.upstream_name]
+        name = target.upstream_name
+        state = self._health.state[name]
+        pool = self._client.pools[name]
         state.outstanding += 1
+        try:
+            if not pool.try_acquire():
+                await self._wait_for_connection(name, pool, deadline)
+        except BaseException:
+            state.outstanding -= 1
+            raise
         duration = self._metrics.upstream_attempt_duration
         started = time.perf_counter()
         try:
@@ -172,14 +184,41 @@ class UpstreamCaller:
             )
         except BaseException:
             state.outstanding -= 1
-            duration.labels(target.upstream_name, "error").observe(time.perf_counter() - started)
+            pool.release()
+            duration.labels(name, "error").observe(time.perf_counter() - started)
             raise
-        duration.labels(target.upstream_name, "ok").observe(time.perf_counter() - started)
+        duration.labels(name, "ok").observe(time.perf_counter() - started)
         if isinstance(answer, StreamAnswer):
-            answer.on_close.append(state.ended)
+            answer.on_close += (state.ended, pool.release)
         else:
             state.outstanding -= 1
+            pool.release()
         return answer
+
+    async def _wait_for_connection(self, name: str, pool: ConnectionPool, deadline: float) -> None:
+        """Waits for a connection of the upstream's full pool, at most its `pool_timeout`
+        and never past the call's deadline; a wait that runs out fails the attempt as
+        busy, which is not held against the upstream (nor retried: every upstream of the
+        model was as full when it was picked, see `Balancer`)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waits = self._metrics.upstream_pool_waits
+        try:
+            await pool.acquire(min(started + pool.timeout, deadline))
+        except PoolTimeout:
+            waits.labels(name, "timed_out").observe(loop.time() - started)
+            raise AttemptFailed(
+                UpstreamBusy(
+                    "The gateway's own connections to the upstream are all in use (its "
+                    "connection pool is full; the upstream did not fail). Retry later."
+                ),
+                retryable=False,
+                unhealthy=False,
+            ) from None
+        except BaseException:
+            waits.labels(name, "abandoned").observe(loop.time() - started)
+            raise
+        waits.labels(name, "acquired").observe(loop.time() - started)
 
 
 def _reason(failure: AttemptFailed) -> str:

@@ -2,9 +2,10 @@
 URL, headers and timeouts, and the classification of every way the attempt can fail.
 
 An attempt ends when the answer is safe to commit to: a whole JSON answer read (and
-translated), or a stream's first event. Until then nothing has reached the client, so a
-failure may be retried elsewhere (`AttemptFailed.retryable`); after it, a stream's failure
-can only end the stream (see `relay`).
+translated) and found to be a chat.completion, or a stream's first event. Until then
+nothing has reached the client, so a failure may be retried elsewhere
+(`AttemptFailed.retryable`); after it, a stream's failure can only end the stream (see
+`relay`). Every event of a stream is checked on its way through (see `shape`).
 
 Timeouts per upstream, for one attempt: `connect`; `first_byte`, the per-try timeout
 (Envoy's per_try_timeout), from the attempt's start to the response headers; `idle`, the
@@ -13,7 +14,8 @@ answer, before and between stream events); `total`, the attempt including the wh
 stream. An attempt also never waits past the deadline its caller gives (what is left of
 `retries.deadline_s`). A timeout before the answer is committed is retryable on another
 upstream (`AttemptFailed.timed_out`); one cut short by the deadline is not held against
-the upstream.
+the upstream. A stream's answer carries `idle` and the end of `total` to the relay, which
+applies them to the writes to the client, the side this layer cannot see.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from gateway.dialects import DIALECTS
 from gateway.dialects.base import StreamTranslator
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, from_upstream
 from gateway.routing import UpstreamTarget
+from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
-from gateway.upstream.sse import EventTooLarge, iter_events
+from gateway.upstream.shape import MAX_UPSTREAM_MESSAGE, BadEvent, check_event, is_completion
+from gateway.upstream.sse import EventTooLarge, is_done, iter_events
 
 # Upstream error bodies are read only this far: enough for any real error message.
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_UPSTREAM_MESSAGE = 1000
 
 
 class AttemptFailed(Exception):
@@ -69,11 +72,25 @@ class JsonAnswer:
 
 
 class StreamAnswer:
-    """A stream whose first event has arrived; iterate the rest, then `close()`."""
+    """A stream whose first event has arrived; iterate the rest, then `close()`.
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], response: aiohttp.ClientResponse):
+    It carries the serving upstream's bounds for the side the upstream layer cannot see,
+    the writes to the client: `idle`, the longest a write may wait, and `ends_at`
+    (event-loop time), when the attempt's `total` runs out, whichever side is waiting."""
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        response: aiohttp.ClientResponse,
+        *,
+        idle: float,
+        ends_at: float,
+    ) -> None:
         self.first = first
         self.rest = rest
+        self.idle = idle
+        self.ends_at = ends_at
         self._response = response
         # Added to by whoever tracks the call (outstanding requests, retry budget).
         self.on_close: list[Callable[[], None]] = []
@@ -93,6 +110,8 @@ class _Endpoint:
     headers: CIMultiDict[str]
     timeout: aiohttp.ClientTimeout
     first_byte: float
+    idle: float
+    total: float
     # A context trusting the upstream's own CA, or True: the default, verifying context.
     ssl: ssl.SSLContext | bool
 
@@ -102,6 +121,12 @@ class UpstreamClient:
         self._session = session
         self._server: ServerConfig = config.server
         self._endpoints: dict[str, _Endpoint] = {}
+        # The connections each upstream may have in use (see `pool`): taken by the caller
+        # for an attempt and held until its answer is read or its stream closed.
+        self.pools = {
+            name: ConnectionPool(upstream.max_connections, upstream.pool_timeout)
+            for name, upstream in config.upstreams.items()
+        }
         for name, upstream in config.upstreams.items():
             dialect = DIALECTS[upstream.dialect]
             api_key = upstream.api_key_env.value if upstream.api_key_env else None
@@ -109,12 +134,18 @@ class UpstreamClient:
             self._endpoints[name] = _Endpoint(
                 url=str(upstream.base_url).rstrip("/") + dialect.path,
                 headers=headers,
+                # aiohttp's `connect` also counts waiting for its own pool, which the
+                # gateway's pools keep from ever happening; `sock_connect` is connecting
+                # alone (TCP and TLS).
                 timeout=aiohttp.ClientTimeout(
                     total=upstream.timeouts.total,
                     connect=upstream.timeouts.connect,
+                    sock_connect=upstream.timeouts.connect,
                     sock_read=upstream.timeouts.idle,
                 ),
                 first_byte=upstream.timeouts.first_byte,
+                idle=upstream.timeouts.idle,
+                total=upstream.timeouts.total,
                 ssl=ssl.create_default_context(cafile=upstream.ca_file)
                 if upstream.ca_file
                 else True,
@@ -142,14 +173,24 @@ class UpstreamClient:
         endpoint = self._endpoints[target.upstream_name]
         headers = endpoint.headers.copy()
         headers["x-request-id"] = request_id
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
+                # aiohttp's clock for `total` starts with the request, as this one does.
+                started = loop.time()
                 response = await self._post(endpoint, body, headers)
                 try:
                     if response.status >= 300:
                         raise await _failed_status(response)
                     if stream:
-                        return await self._first_event(response, translator)
+                        first, rest = await self._first_event(response, translator)
+                        return StreamAnswer(
+                            first,
+                            rest,
+                            response,
+                            idle=endpoint.idle,
+                            ends_at=started + endpoint.total,
+                        )
                     return await self._whole(response, target, public_model)
                 except BaseException:
                     response.close()
@@ -213,13 +254,16 @@ class UpstreamClient:
             translated = target.dialect.translate_response(parsed, public_model)
         except GatewayError as error:  # an answer the dialect cannot read
             raise AttemptFailed(error, retryable=False, unhealthy=True) from None
+        answer = parsed if translated is None else translated
+        if not is_completion(answer):
+            raise _bad_answer("The upstream's answer is not a valid chat.completion.")
         if translated is not None:
             return JsonAnswer(to_json(translated), usage_of(translated))
         return JsonAnswer(bytes(body), usage_of(parsed))
 
     async def _first_event(
         self, response: aiohttp.ClientResponse, translator: StreamTranslator | None
-    ) -> StreamAnswer:
+    ) -> tuple[bytes, AsyncIterator[bytes]]:
         events = openai_events(
             iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
         )
@@ -231,45 +275,39 @@ class UpstreamClient:
             raise _failed_in_stream(error) from None
         except EventTooLarge:
             raise _bad_answer("The upstream sent an event larger than allowed.") from None
+        except BadEvent:
+            raise _bad_answer(
+                "The upstream sent a stream event that is not a valid chat.completion.chunk."
+            ) from None
         except TimeoutError:
             raise _timed_out("The upstream sent nothing in time.") from None
         except aiohttp.ClientError:
             raise _unreachable("The upstream connection broke before the first event.") from None
-        return StreamAnswer(first, events, response)
+        return first, events
 
 
 async def openai_events(
     events: AsyncIterator[bytes], translator: StreamTranslator | None
 ) -> AsyncIterator[bytes]:
-    """OpenAI chunk events: translated, or checked for an error reported inside the stream
-    (vLLM sends `data: {"error": {..., "code": 400}}` in a 200 stream)."""
+    """OpenAI chunk events: translated, or checked (see `shape`) and passed on as they
+    came. Raises the error an event reports (vLLM sends `data: {"error": {..., "code":
+    400}}` in a 200 stream), or BadEvent for an event that is not a chunk."""
     async for event in events:
-        if translator is not None:
-            for translated in translator.feed(event):
-                yield translated
-            continue
-        if b'"error"' in event:
-            _raise_in_stream_error(event)
-        yield event
-
-
-def _raise_in_stream_error(event: bytes) -> None:
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
+        if translator is None:
+            if not is_done(event):
+                check_event(event)
+            yield event
             continue
         try:
-            chunk = from_json(line[5:])
-        except ValueError:
-            return
-        error = chunk.get("error") if isinstance(chunk, dict) else None
-        if not isinstance(error, dict):
-            return
-        code = error.get("code")
-        status = code if isinstance(code, int) and 400 <= code <= 599 else 503
-        message = error.get("message")
-        raise from_upstream(
-            status, str(message)[:_MAX_UPSTREAM_MESSAGE] if message is not None else None
-        )
+            translated = translator.feed(event)
+        except GatewayError as error:
+            # An error the upstream reported names its status; one without a status is
+            # the translator's "cannot read this event".
+            if error.upstream_status is None:
+                raise BadEvent from None
+            raise
+        for chunk in translated:
+            yield chunk
 
 
 async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
@@ -323,12 +361,12 @@ async def _upstream_error_fields(
         return None, None, None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, str):
-        return error[:_MAX_UPSTREAM_MESSAGE], None, None
+        return error[:MAX_UPSTREAM_MESSAGE], None, None
     if not isinstance(error, dict):
         return None, None, None
 
     def text(key: str) -> str | None:
         value = error.get(key)
-        return str(value)[:_MAX_UPSTREAM_MESSAGE] if value is not None else None
+        return str(value)[:MAX_UPSTREAM_MESSAGE] if value is not None else None
 
     return text("message"), text("param"), text("code")

@@ -27,6 +27,9 @@ async def iter_events(chunks: AsyncIterable[bytes], max_event_bytes: int) -> Asy
             buffer = buffer.replace(b"\r\n", b"\n")
         start = 0
         while (end := buffer.find(b"\n\n", start)) >= 0:
+            # A whole event that came in one read is bounded too, not only one still open.
+            if end - start >= max_event_bytes:
+                raise EventTooLarge
             yield buffer[start : end + 2]
             start = end + 2
         buffer = buffer[start:]
