@@ -82,9 +82,12 @@ async def test_row_14_calls_cancelled_mid_flight_never_leave_a_reply_for_the_nex
     await asyncio.sleep(0.2)
     after = await asyncio.gather(*(own_reply(limiter) for _ in range(40)))
 
-    for task in cancelled:
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    # A cancelled call ends cancelled, or (CPython 3.11's wait_for, which redis-py's send
+    # uses, swallows a cancellation that lands as the write completes) runs on and reads
+    # its own reply; never another's.
+    outcomes = await asyncio.gather(*cancelled, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) or o is True for o in outcomes), outcomes
+    assert sum(isinstance(o, asyncio.CancelledError) for o in outcomes) >= len(outcomes) // 2
     assert bystanders_ok == [True] * 8
     assert during == [True] * 40
     assert after == [True] * 40
@@ -95,21 +98,29 @@ async def test_row_14_calls_cut_by_their_deadline_never_leave_a_reply_for_the_ne
 ) -> None:
     """The same, ended by the limiter's own deadline (a cancellation inside the call)."""
     limiter = RedisLimiter(
-        RateLimitConfig(redis_timeout_ms=100, redis_retry_interval_s=0.01),
+        RateLimitConfig(redis_timeout_ms=1000, redis_retry_interval_s=0.01),
         f"redis://127.0.0.1:{proxy.port}/0",
     )
     await limiter.warm_up()
     try:
-        proxy.delay(0.15, to_server=False)  # requests arrive, replies come after the deadline
+        # Requests arrive, replies come 0.5 s after their callers' deadline.
+        proxy.delay(1.5, to_server=False)
         late = await asyncio.gather(
             *(own_reply(limiter) for _ in range(10)), return_exceptions=True
         )
         proxy.heal()
-        await asyncio.sleep(0.02)  # past the retry interval
-        replies = [await own_reply(limiter) for _ in range(5)]
-        replies += await asyncio.gather(*(own_reply(limiter) for _ in range(30)))
+        # Bursts as wide as the pool, so that every pooled connection is taken again
+        # (one caller at a time would only ever reuse the connection last given back).
+        replies: list[bool | BaseException] = []
+        for _ in range(3):
+            await asyncio.sleep(0.02)  # past the retry interval of a missed deadline
+            replies += await asyncio.gather(
+                *(own_reply(limiter) for _ in range(12)), return_exceptions=True
+            )
     finally:
         await limiter.close()
 
     assert all(isinstance(outcome, LimiterUnavailable) for outcome in late), late
-    assert replies == [True] * 35
+    # Its own reply, or (a loaded machine) a deadline of its own: never another's reply.
+    assert all(r is True or isinstance(r, LimiterUnavailable) for r in replies), replies
+    assert replies.count(True) >= 30
