@@ -4,8 +4,10 @@ it, and the official `openai` SDK pointed at the gateway."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from gateway.contract import ChatCompletionRequest
 from gateway.pipeline import Exchange
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import FakeUpstream
+from gateway.testing.fault_proxy import FaultProxy
 
 TEAM_KEY = "gw-test-team-key-0123456789abcdef"
 OTHER_TEAM_KEY = "gw-test-other-team-key-fedcba9876543210"
@@ -370,3 +373,78 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     yield server
     if server.process is not None:
         server.kill()
+
+
+# ---------------------------------------------------------------- fault matrix helpers
+# Shared by tests/fault_matrix (one file per row of /work/shared/fault-matrix.md).
+
+_GATEWAY_DIR = Path(__file__).resolve().parents[1] / "gateway"
+# The fault proxy is the network, not the gateway: its pipes live as long as connections.
+_NETWORK_CODE = str(_GATEWAY_DIR / "testing" / "fault_proxy.py")
+
+
+async def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> float:
+    """Seconds until `condition()` held (polled every 10 ms); fails after `seconds`."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, "the condition never held"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _awaited_files(task: asyncio.Task[Any]) -> list[str]:
+    """The source files of the coroutines `task` is suspended in, outermost first."""
+    files: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            files.append(frame.f_code.co_filename)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return files
+
+
+def tasks_in_gateway_code() -> list[asyncio.Task[Any]]:
+    """Tasks of the running loop (but the caller's) suspended in the gateway's code or the
+    fake upstream's: once a test's requests have ended, each is work left behind (a stage
+    still running, a background task, an upstream handler nobody hung up on)."""
+    current = asyncio.current_task()
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current
+        and any(
+            path.startswith(str(_GATEWAY_DIR)) and path != _NETWORK_CODE
+            for path in _awaited_files(task)
+        )
+    ]
+
+
+def asyncio_complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What asyncio logged at WARNING or above (e.g. "Task was destroyed but it is
+    pending!", "Task exception was never retrieved"), after a garbage collection."""
+    gc.collect()
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "asyncio" and record.levelno >= logging.WARNING
+    ]
+
+
+StartProxy = Callable[[int], Awaitable[FaultProxy]]
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[StartProxy]:
+    """Starts a FaultProxy in front of a loopback port; every one is closed after the test."""
+    proxies: list[FaultProxy] = []
+
+    async def start(port: int) -> FaultProxy:
+        proxy = FaultProxy("127.0.0.1", port)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.close()

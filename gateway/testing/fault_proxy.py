@@ -14,6 +14,9 @@ the delay. That is how an abandoned Redis call still runs on Redis, later.
 - `blackhole()`: connections are accepted and kept open, every byte is swallowed.
 - `throttle(bytes_per_s)`: each direction of each connection delivers at most that rate.
 - `heal()`: no fault at all.
+
+`accepted` counts the connections accepted so far, `open` those still being relayed (a
+test can tell that a client hung up: the count drops once both sides are closed).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class FaultProxy:
         self.faults = Faults()
         # Connections accepted so far (a test can tell whether a client reconnected).
         self.accepted = 0
+        # Connections accepted and not yet closed on both sides.
+        self.open = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -88,6 +93,7 @@ class FaultProxy:
         assert task is not None
         self._handlers.add(task)
         self.accepted += 1
+        self.open += 1
         try:
             if self.faults.reset:
                 _abort_with_rst(writer)
@@ -111,6 +117,7 @@ class FaultProxy:
         finally:
             writer.transport.abort()
             self._handlers.discard(task)
+            self.open -= 1
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool
