@@ -100,18 +100,19 @@ class UpstreamCaller:
                 target = self._balancer.pick(route, tried)
                 tried.add(target.upstream_name)
                 record.upstream, record.attempts = target.upstream_name, attempt
+                started = self._health.now()
                 answer = await self._attempt(
                     target, route, translation, stream, request_id, deadline
                 )
             except AttemptFailed as failed:
                 failure = failed
             else:
-                self._health.record_success(target.upstream_name)
+                self._health.record_success(target.upstream_name, started)
                 return answer
             finally:
                 if backoff is not None:
                     self.budget.release()
-            if failure.unhealthy and self._health.record_failure(target.upstream_name):
+            if failure.unhealthy and self._health.record_failure(target.upstream_name, started):
                 self._metrics.ejections.labels(upstream=target.upstream_name).inc()
             backoff = self._retry_backoff(
                 failure, attempt, route, tried, deadline - loop.time(), record

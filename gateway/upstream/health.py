@@ -23,6 +23,9 @@ class UpstreamHealth:
     consecutive_failures: int = 0
     ejections: int = 0  # in a row; resets after a success off probation
     ejected_until: float = 0.0
+    # When the last ejection happened: attempts that started before it were already on
+    # their way and say nothing new about the upstream.
+    ejected_at: float = float("-inf")
     on_probation: bool = False
 
     def ended(self) -> None:
@@ -46,19 +49,31 @@ class HealthBook:
                 self._models_of.setdefault(name, []).append(model)
         self.state = {name: UpstreamHealth() for name in self._models_of}
 
+    def now(self) -> float:
+        """The book's clock: when an attempt starts, for `record_success`/`_failure`."""
+        return self._clock()
+
     def available(self, name: str) -> bool:
         return self._clock() >= self.state[name].ejected_until
 
-    def record_success(self, name: str) -> None:
+    def record_success(self, name: str, started: float) -> None:
+        """An attempt that started at `started` succeeded."""
         health = self.state[name]
+        if started < health.ejected_at:
+            return  # sent before the ejection: not the probe that may restore it
         health.consecutive_failures = 0
         if health.on_probation and self.available(name):
             health.on_probation = False
             health.ejections = 0
 
-    def record_failure(self, name: str) -> bool:
-        """Counts a failure; True when it ejected the upstream."""
+    def record_failure(self, name: str, started: float) -> bool:
+        """Counts the failure of an attempt that started at `started`; True when it
+        ejected the upstream. The failures of a burst already on its way when the upstream
+        was ejected are one incident, not new ones: they neither eject it again nor
+        double its cool-down."""
         health = self.state[name]
+        if started < health.ejected_at:
+            return False
         health.consecutive_failures += 1
         probe_failed = health.on_probation and self.available(name)
         if health.consecutive_failures < self._config.consecutive_failures and not probe_failed:
@@ -67,7 +82,8 @@ class HealthBook:
             return False
         health.ejections += 1
         cool_down = self._config.base_ejection_s * 2 ** (health.ejections - 1)
-        health.ejected_until = self._clock() + min(cool_down, self._config.max_ejection_s)
+        health.ejected_at = self._clock()
+        health.ejected_until = health.ejected_at + min(cool_down, self._config.max_ejection_s)
         health.on_probation = True
         health.consecutive_failures = 0
         return True

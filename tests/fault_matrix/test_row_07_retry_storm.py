@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -93,13 +92,6 @@ async def test_row_07_retry_storm_is_capped_by_the_budget_and_the_breaker_opens(
     assert to_fake_b <= 0.2 * CLIENTS + RETRY_FLOOR
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (upstream/health.py record_failure): failures of requests already "
-    "in flight when the upstream was ejected keep counting and re-eject it every "
-    "consecutive_failures, doubling the cool-down each time (a 40-request burst: about 4 "
-    "ejections, 40 s instead of 5 s)",
-)
 async def test_row_07_one_burst_of_failures_ejects_once_for_the_base_time(
     start_gateway: StartGateway, upstream: RunningUpstream, spare_upstream: RunningUpstream
 ) -> None:

@@ -27,10 +27,10 @@ def test_k_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
     clock = Clock()
     health = book(clock)
 
-    assert not health.record_failure("a") and not health.record_failure("a")
-    health.record_success("a")
-    assert not health.record_failure("a") and not health.record_failure("a")
-    assert health.record_failure("a")
+    assert not health.record_failure("a", clock.now) and not health.record_failure("a", clock.now)
+    health.record_success("a", clock.now)
+    assert not health.record_failure("a", clock.now) and not health.record_failure("a", clock.now)
+    assert health.record_failure("a", clock.now)
     assert not health.available("a")
 
 
@@ -38,34 +38,36 @@ def test_cool_down_doubles_up_to_the_cap_and_probation_decides_at_once() -> None
     clock = Clock()
     health = book(clock)
     for _ in range(3):
-        health.record_failure("a")
+        health.record_failure("a", clock.now)
 
     cool_downs = []
     for _ in range(4):
         cool_downs.append(round(health.state["a"].ejected_until - clock.now, 3))
         clock.now = health.state["a"].ejected_until  # back on probation
         assert health.available("a")
-        assert health.record_failure("a")  # one failed probe ejects again
+        assert health.record_failure("a", clock.now)  # one failed probe ejects again
 
     assert cool_downs == [10, 20, 35, 35]
     clock.now = health.state["a"].ejected_until
-    health.record_success("a")
+    health.record_success("a", clock.now)
     assert health.snapshot()["a"]["state"] == "healthy"
     assert health.state["a"].ejections == 0
 
 
 def test_the_only_upstream_of_a_model_is_never_ejected() -> None:
-    health = book(Clock(), k=1)
+    clock = Clock()
+    health = book(clock, k=1)
 
-    assert not health.record_failure("c")
+    assert not health.record_failure("c", clock.now)
     assert health.available("c")
 
 
 def test_the_last_available_upstream_stays_when_its_sibling_is_out() -> None:
-    health = book(Clock(), k=1)
+    clock = Clock()
+    health = book(clock, k=1)
 
-    assert health.record_failure("a")
-    assert not health.record_failure("b")
+    assert health.record_failure("a", clock.now)
+    assert not health.record_failure("b", clock.now)
     assert health.available("b")
 
 
@@ -92,5 +94,20 @@ def test_balancer_prefers_the_less_loaded_of_two_and_skips_ejected_and_tried() -
     assert 700 <= picks.count("b") <= 800  # "a" wins only when both draws are "a": 1/4
 
     assert {balancer.pick(route, {"b"}).upstream_name for _ in range(20)} == {"a"}
-    health.record_failure("b")
+    health.record_failure("b", clock.now)
     assert {balancer.pick(route, set()).upstream_name for _ in range(20)} == {"a"}
+
+
+def test_failures_of_attempts_sent_before_an_ejection_do_not_eject_again() -> None:
+    clock = Clock()
+    health = book(clock)
+    sent = clock.now  # a burst of attempts, all on their way at once
+    clock.now += 1
+    ejections = [health.record_failure("a", sent) for _ in range(12)]
+
+    assert ejections.count(True) == 1  # one incident, one ejection
+    assert health.state["a"].ejected_until - clock.now == 10  # the base cool-down
+    health.record_success("a", sent)
+    assert not health.available("a")  # nor does a late success of the burst restore it
+    clock.now = health.state["a"].ejected_until
+    assert health.record_failure("a", clock.now)  # a probe sent after it: ejected again
