@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.config import RateLimitConfig
 from gateway.limiter.base import (
@@ -289,7 +290,13 @@ class RedisLimiter:
         self._down_until = 0.0
         self._consecutive_failures = 0
         self._pool: ConnectionPool = ConnectionPool.from_url(
-            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # With maintenance notifications on ("auto" by default), redis-py's pool skips
+            # its check that a pooled connection is still open: after a Redis restart the
+            # first call on each old connection would fail and open the breaker.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
         self._offset = ClockOffset()
@@ -356,7 +363,8 @@ class RedisLimiter:
                 seconds, micros = await self._client.time()
                 self._offset.observe(seconds * 1000 + micros // 1000, time.monotonic())
         except (RedisError, OSError, TimeoutError):
-            return
+            # Down from the start: say so (readiness shows it) until a call probes again.
+            self._failed(refused=True)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -388,7 +396,12 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 result = await self._evalsha(script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(refused=isinstance(exc, RedisConnectionError | OSError))
+            # A refused connection opens the breaker at once; a missed deadline only after
+            # _TIMEOUTS_TO_OPEN in a row (TimeoutError is an OSError: tell them apart).
+            refused = isinstance(exc, RedisConnectionError | OSError) and not isinstance(
+                exc, TimeoutError
+            )
+            self._failed(refused=refused)
             # Sent or not, we cannot tell: Redis may run it, or have run it, anyway.
             raise LimiterUnavailable(type(exc).__name__, may_have_run=True) from None
         self._consecutive_failures = 0

@@ -102,11 +102,6 @@ async def test_row_10_gateway_starts_without_redis_and_serves_in_its_failure_mod
     assert len(gateway.log_records("rate_limiter_unavailable")) == 1  # once per interval
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (limiter/redis.py warm_up): a failed warm-up is swallowed without "
-    "marking Redis unavailable, so /readyz says rate_limiter 'redis' until a request fails",
-)
 async def test_row_10_readiness_says_degraded_from_the_start(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:

@@ -114,13 +114,6 @@ async def test_row_12_restart_without_state_over_admits_one_window_at_most(
     assert script_loaded(own_redis)  # NOSCRIPT on the new server loaded it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (limiter/redis.py _evalsha): a pooled connection to the old server "
-    "is used once more (redis-py 8's pool skips its closed-connection check while "
-    "maint_notifications is 'auto', the default) and its ConnectionError opens the breaker "
-    "for redis_retry_interval_s after Redis is already back",
-)
 async def test_row_12_first_request_after_a_quiet_restart_is_decided_by_redis(
     start_gateway: StartGateway, upstream: RunningUpstream, own_redis: RedisProcess
 ) -> None:

@@ -125,12 +125,6 @@ async def test_row_13_slow_redis_costs_the_deadline_then_the_failure_mode(
     assert [(status, by_redis) for status, by_redis, _ in healed] == [(200, True)] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (limiter/redis.py _call): the deadline's TimeoutError is an OSError "
-    "subclass, so `refused=isinstance(exc, RedisConnectionError | OSError)` treats one "
-    "missed deadline as a refused connection and opens the breaker at once",
-)
 async def test_row_13_one_late_answer_does_not_open_the_breaker(
     start_gateway: StartGateway,
     upstream: RunningUpstream,
