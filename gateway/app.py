@@ -215,7 +215,7 @@ def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
 
 
 def _access_line(request: web.Request, exchange: Exchange, status: int) -> None:
-    known = request.match_info.route.resource is not None
+    resource = request.match_info.route.resource
     summary = exchange.summary()
     if not summary["status"]:  # no stage ran: a probe, or aiohttp's own answer
         summary["status"] = status
@@ -224,7 +224,8 @@ def _access_line(request: web.Request, exchange: Exchange, status: int) -> None:
         "request",
         **summary,
         method=request.method,
-        path=request.path if known else "(unknown)",
+        # The route's pattern, not the path: `/v1/models/{model}` holds client text.
+        path="(unknown)" if resource is None else resource.canonical,
         stream=exchange.stream,
         first_byte_ms=None
         if exchange.relayed.first_byte_ms is None

