@@ -113,6 +113,12 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class UnsupportedContentEncoding(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_content_encoding"
+
+
 class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
