@@ -2,7 +2,8 @@
 limiter, health, metrics), builds the request paths as ordered lists of stages, once, and
 adds the routes; `request_middleware` gives every request its id and exchange, refuses
 compressed bodies from their headers, answers aiohttp's own refusals in the OpenAI shape
-and writes one access line per request."""
+and writes one access line per request. The connections themselves (deadlines, cap) are
+`connections.py`'s."""
 
 from __future__ import annotations
 

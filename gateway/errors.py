@@ -113,6 +113,12 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class UnsupportedContentEncoding(GatewayError):
     status = 415
     error_type = "invalid_request_error"
@@ -129,6 +135,14 @@ class UpstreamUnavailable(GatewayError):
     status = 503
     error_type = "service_unavailable_error"
     default_code = "upstream_unavailable"
+
+
+class TooManyConnections(GatewayError):
+    """The process holds as many client connections as it may (`server.max_connections`)."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "too_many_connections"
 
 
 class UpstreamTimeout(GatewayError):
