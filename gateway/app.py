@@ -2,8 +2,8 @@
 limiter, health, metrics), builds the request paths as ordered lists of stages, once, and
 adds the routes; `request_middleware` gives every request its id and exchange, refuses
 compressed bodies from their headers, answers aiohttp's own refusals in the OpenAI shape
-and writes one access line per request. The connections themselves (deadlines, cap) are
-`connections.py`'s."""
+and writes one access line per request. The connections themselves (timeouts, cap,
+malformed HTTP) are `connections.py`'s."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from gateway.appkeys import (
     UPSTREAMS,
 )
 from gateway.config import GatewayConfig
+from gateway.connections import MAX_HEADER_LINE, MAX_REQUEST_LINE, SERVER_NAME
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -81,13 +82,15 @@ def build_app(
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
         handler_args={
-            "max_field_size": 16 * 1024,
+            "max_line_size": MAX_REQUEST_LINE,
+            "max_field_size": MAX_HEADER_LINE,
             # aiohttp would inflate a compressed body as it arrives, even one nobody reads
             # (it drains unread bodies before the next request): a 1 MiB gzip body is ~1 GiB
             # of work. Bodies stay as sent; encoded ones are refused (request_middleware).
             "auto_decompress": False,
         },
     )
+    app.on_response_prepare.append(_server_header)
     app[CONFIG] = config
     app[LOG] = make_logger(config.server, log_stream)
     app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
@@ -238,6 +241,10 @@ async def _refuse_encoded_body(request: web.Request, exchange: Exchange) -> web.
         request.protocol.force_close()
         _access_line(request, exchange, response.status)
     return response
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER_NAME  # aiohttp's default names its version
 
 
 def _from_http_exception(http_error: web.HTTPException) -> GatewayError:

@@ -6,10 +6,14 @@ them).
   request's first byte): a client that trickles its headers (slowloris) gets 408 and is
   closed; one that sent nothing is closed;
 - a body deadline (`server.body_timeout_s`, from the headers): the request is answered 408
-  like any refusal (the stages see the read fail), then the connection closed;
+  like any refusal (the stages see the read fail), then the connection closed; a body whose
+  chunked framing breaks fails at once with 400 instead of waiting;
 - a cap on the connections of the process (`server.max_connections`): one more is answered
   503 in the OpenAI shape, with `Retry-After`, and closed, so that a flood of idle sockets
-  cannot use up the file descriptors the upstream calls need.
+  cannot use up the file descriptors the upstream calls need;
+- aiohttp's own answers to malformed HTTP (its parser's 400s): in the OpenAI shape (400,
+  414, 431), neither quoting nor logging what the client sent (it may be an
+  `Authorization` value), the connection closed.
 
 The keep-alive timeout is aiohttp's own (`server.keepalive_timeout_s`). Refusing compressed
 request bodies is the middleware's (app.py): it needs a parsed request.
@@ -24,16 +28,32 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http import RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from structlog.typing import FilteringBoundLogger
 
-from gateway.errors import GatewayError, RequestTimeout, TooManyConnections
+from gateway.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    InternalError,
+    InvalidRequest,
+    RequestLineTooLong,
+    RequestTimeout,
+    TooManyConnections,
+)
+from gateway.observability.logs import where_it_failed
 from gateway.observability.metrics import PREFIX
+from gateway.pipeline import error_response
 
-# The `Server` header of the answers given here.
+# The `Server` header of every answer: no Python or aiohttp version for scanners to match.
 SERVER_NAME = "llm-gateway"
+# Longest request line and header line the parser accepts. They differ so that a line that
+# is too long can be told apart (414 for the request line, 431 for a header).
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_LINE = 16 * 1024
 # File descriptors kept for what is neither a client nor an upstream connection: the
 # listening socket, Redis, log files, the event loop's own.
 RESERVED_FDS = 64
@@ -46,6 +66,10 @@ MAX_WAITING_REFUSALS = RESERVED_FDS // 2
 # Dropped connections are counted always, logged at most once per interval: a flood must
 # not become a flood of log lines.
 DROP_LOG_INTERVAL_S = 10.0
+# What aiohttp's parser says when a request has more than max_headers headers.
+_TOO_MANY_HEADERS = "Too many headers received"
+_NOT_HTTP = "The request is not valid HTTP/1.1 and was not read."
+INVALID_HTTP = "invalid_http_request"
 
 
 class RawAnswer:
@@ -73,9 +97,9 @@ class RawAnswer:
 class ConnectionGuard:
     """What all client connections of the process share: the cap and the count of open
     connections, the timeouts, the prepared answers, and the count of connections dropped
-    (over the cap, a timeout)."""
+    (over the cap, a timeout, malformed HTTP)."""
 
-    REASONS = ("over_capacity", "header_timeout", "body_timeout")
+    REASONS = ("over_capacity", "header_timeout", "body_timeout", "malformed_request")
 
     def __init__(
         self,
@@ -113,7 +137,7 @@ class ConnectionGuard:
         dropped = Counter(
             f"{PREFIX}_connections_dropped",
             "Client connections the gateway closed on its own, by reason: over_capacity "
-            "(server.max_connections), header_timeout, body_timeout.",
+            "(server.max_connections), header_timeout, body_timeout, malformed_request.",
             ["reason"],
             registry=registry,
         )
@@ -141,8 +165,8 @@ class ConnectionGuard:
 
 
 class GatewayProtocol(RequestHandler):
-    """aiohttp's HTTP/1.1 connection, plus deadlines for a request's headers and body (see
-    the module docstring)."""
+    """aiohttp's HTTP/1.1 connection, plus deadlines for a request's headers and body and
+    OpenAI-shaped answers to malformed requests (see the module docstring)."""
 
     __slots__ = (
         "_admitted",
@@ -204,7 +228,10 @@ class GatewayProtocol(RequestHandler):
         self._cancel_header_timer()
         message, payload = self._messages[-1]
         if not isinstance(message, RawRequestMessage):
-            return  # the parser failed: aiohttp answers and closes
+            # The parser failed. Inside a body still arriving (a bad chunk), its request
+            # would wait for the rest forever: it fails now, like the parser.
+            self._fail_body(InvalidRequest(_NOT_HTTP, code=INVALID_HTTP), "malformed_request")
+            return
         self._cancel_body_timer()
         if not payload.is_eof():
             self._body = payload
@@ -256,6 +283,47 @@ class GatewayProtocol(RequestHandler):
         # Nothing more is read: aiohttp closes the connection after the answer instead of
         # draining the rest of the body.
         self._lingering_time = 0.0
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request its parser refused (or, for a bug, to an error
+        that escaped the middleware): the OpenAI shape. aiohttp's own quotes the offending
+        bytes and logs them with a traceback; `message` and `exc` are never shown here."""
+        if request.writer.output_size > 0:
+            # Same as aiohttp: the answer has begun, only closing the connection is left.
+            raise ConnectionError("the response has started; cannot answer an error")
+        error = self._error_for(status, exc)
+        if status >= 500:
+            self._guard.log.error(
+                "internal_error",
+                where=where_it_failed(exc) if exc is not None else f"HTTP {status}",
+            )
+        else:
+            self._guard.dropped("malformed_request", self._loop.time())
+        response = error_response(error)
+        response.headers["Server"] = SERVER_NAME
+        response.headers["x-request-id"] = secrets.token_hex(16)
+        response.force_close()
+        return response
+
+    def _error_for(self, status: int, exc: BaseException | None) -> GatewayError:
+        if status >= 500:
+            return InternalError("The gateway failed on its own; this is a bug.")
+        if isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            if str(limit) == str(self.max_line_size):
+                return RequestLineTooLong(
+                    f"The request line is longer than {self.max_line_size} bytes."
+                )
+            return HeadersTooLarge(f"A request header is longer than {self.max_field_size} bytes.")
+        if isinstance(exc, BadHttpMessage) and exc.message == _TOO_MANY_HEADERS:
+            return HeadersTooLarge(f"The request has more than {self.max_headers} headers.")
+        return InvalidRequest(_NOT_HTTP, code=INVALID_HTTP)
 
 
 class OverCapacity(asyncio.Protocol):

@@ -119,10 +119,22 @@ class RequestTimeout(GatewayError):
     default_code = "request_timeout"
 
 
+class RequestLineTooLong(GatewayError):
+    status = 414
+    error_type = "invalid_request_error"
+    default_code = "request_line_too_long"
+
+
 class UnsupportedContentEncoding(GatewayError):
     status = 415
     error_type = "invalid_request_error"
     default_code = "unsupported_content_encoding"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    error_type = "invalid_request_error"
+    default_code = "request_headers_too_large"
 
 
 class RateLimited(GatewayError):

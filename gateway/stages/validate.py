@@ -4,7 +4,8 @@ Owns the checks of the body as sent (content type, size) and the translation of 
 errors into one OpenAI error whose `param` is the dotted path of the offending
 field (`messages[2].content[0].image_url.url`). The submitted value is never quoted back:
 it may be a secret or patient data. A body with a Content-Encoding never gets here: the
-middleware refuses it, on every path, before any stage (app.py).
+middleware refuses it, on every path, before any stage (app.py). A body that arrives too
+slowly, or breaks its chunked framing, fails the read with 408 or 400 (connections.py).
 
 Reads: the HTTP request. Writes: `request`.
 """
