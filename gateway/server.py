@@ -5,8 +5,11 @@ Owns what belongs to the process rather than to a connection:
 - the open-files limit: the soft RLIMIT_NOFILE is raised to the hard limit at start-up,
   and `server.max_connections` lowered (with a warning) when the limit cannot hold it next
   to the upstream pools;
-- signals: SIGTERM and SIGINT stop accepting, let in-flight requests finish within
-  `server.shutdown_timeout` and exit.
+- signals: SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) stop accepting, let
+  in-flight requests finish within `server.shutdown_timeout` and exit; SIGHUP (reload is
+  not supported yet), SIGUSR1, SIGUSR2 and the other signals whose default action would end
+  the process are logged and otherwise ignored, so that no stream is cut and no audit line
+  lost.
 """
 
 from __future__ import annotations
@@ -22,8 +25,28 @@ from structlog.typing import FilteringBoundLogger
 from gateway.appkeys import CONFIG, LOG, METRICS
 from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
 
-# Signals that drain in-flight requests and end the process.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Signals that drain in-flight requests and end the process. The signals below would end
+# it at once by default, cutting streams and losing
+# their audit lines; they are logged and ignored. Faults (SIGSEGV, SIGABRT, ...), resource
+# limits (SIGXCPU, SIGXFSZ) and SIGKILL keep their default.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IGNORED_SIGNALS: dict[int, str] = {
+    **{
+        sig.value: sig.name
+        for sig in (
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGALRM,
+            signal.SIGVTALRM,
+            signal.SIGPROF,
+            signal.SIGIO,
+            signal.SIGPWR,
+            signal.SIGSTKFLT,
+        )
+    },
+    # The real-time signals have no names of their own.
+    **{n: f"SIGRTMIN+{n - signal.SIGRTMIN}" for n in range(signal.SIGRTMIN, signal.SIGRTMAX + 1)},
+}
 
 
 def raise_open_files_limit(log: FilteringBoundLogger) -> int:
@@ -69,7 +92,7 @@ def serve(
     port: int,
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
-    """Runs `app` on host:port until SIGTERM or SIGINT, then drains."""
+    """Runs `app` on host:port until SIGTERM, SIGINT or SIGQUIT, then drains."""
     config, log = app[CONFIG], app[LOG]
     open_files = raise_open_files_limit(log)
     upstream_connections = sum(u.max_connections for u in config.upstreams.values())
@@ -103,6 +126,9 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, _reload_not_supported, log)
+    for number, name in IGNORED_SIGNALS.items():
+        loop.add_signal_handler(number, _ignored, name, log)
 
     runner = GatewayRunner(
         app,
@@ -128,6 +154,14 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
         log.info("shutting_down", signal=sig.name)
     finally:
         await runner.cleanup()
+
+
+def _reload_not_supported(log: FilteringBoundLogger) -> None:
+    log.warning("reload_not_supported", signal="SIGHUP")
+
+
+def _ignored(name: str, log: FilteringBoundLogger) -> None:
+    log.warning("signal_ignored", signal=name)
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
