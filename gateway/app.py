@@ -1,7 +1,9 @@
 """Application assembly: `build_app(config)` wires the shared parts (upstream session,
 limiter, health, metrics), builds the request paths as ordered lists of stages, once, and
-adds the routes; `request_middleware` gives every request its id and exchange, answers
-aiohttp's own refusals in the OpenAI shape and writes one access line per request."""
+adds the routes; `request_middleware` gives every request its id and exchange, refuses
+compressed bodies from their headers, answers aiohttp's own refusals in the OpenAI shape
+and writes one access line per request. The connections themselves (timeouts, cap,
+malformed HTTP) are `connections.py`'s."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import TextIO
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from structlog.typing import FilteringBoundLogger
 
@@ -30,6 +32,7 @@ from gateway.appkeys import (
     UPSTREAMS,
 )
 from gateway.config import GatewayConfig
+from gateway.connections import MAX_HEADER_LINE, MAX_REQUEST_LINE, SERVER_NAME
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -37,6 +40,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    UnsupportedContentEncoding,
 )
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
@@ -77,8 +81,16 @@ def build_app(
     app = web.Application(
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
-        handler_args={"max_field_size": 16 * 1024},
+        handler_args={
+            "max_line_size": MAX_REQUEST_LINE,
+            "max_field_size": MAX_HEADER_LINE,
+            # aiohttp would inflate a compressed body as it arrives, even one nobody reads
+            # (it drains unread bodies before the next request): a 1 MiB gzip body is ~1 GiB
+            # of work. Bodies stay as sent; encoded ones are refused (request_middleware).
+            "auto_decompress": False,
+        },
     )
+    app.on_response_prepare.append(_server_header)
     app[CONFIG] = config
     app[LOG] = make_logger(config.server, log_stream)
     app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
@@ -176,6 +188,8 @@ def _request_id(request: web.Request) -> str:
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     exchange = Exchange(request_id=_request_id(request), http=request)
+    if _encoded_body(request):
+        return await _refuse_encoded_body(request, exchange)
     request[EXCHANGE] = exchange
     response: web.StreamResponse | None = None
     try:
@@ -199,6 +213,38 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not response.prepared:  # a stream's relay added them before its first byte
         response.headers.update(exchange.response_headers())
     return response
+
+
+def _encoded_body(request: web.Request) -> bool:
+    encodings = request.headers.getall(hdrs.CONTENT_ENCODING, None)
+    return encodings is not None and any(e.strip().lower() != "identity" for e in encodings)
+
+
+async def _refuse_encoded_body(request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    """415 for a body with a Content-Encoding, on every path, before any stage (auth
+    included) and before a byte of the body is read. The connection is closed rather than
+    the body drained: an unread body would otherwise be read and discarded before the next
+    request on the connection."""
+    response = error_response(
+        UnsupportedContentEncoding(
+            "Compressed request bodies are not accepted; send the body uncompressed."
+        )
+    )
+    response.headers.update(exchange.response_headers())
+    response.headers[hdrs.ACCEPT_ENCODING] = "identity"  # RFC 7694: the codings accepted
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    finally:
+        # Closes once the answer is written; aiohttp then skips its drain ("lingering").
+        request.protocol.force_close()
+        _access_line(request, exchange, response.status)
+    return response
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER_NAME  # aiohttp's default names its version
 
 
 def _from_http_exception(http_error: web.HTTPException) -> GatewayError:

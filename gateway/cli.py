@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import server
 from gateway.app import build_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.stages.auth import hash_key
@@ -98,15 +99,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(app: web.Application, config: GatewayConfig, host: str | None, port: int | None) -> None:
-    web.run_app(
+    server.serve(
         app,
         host=host or config.server.host,
         port=port if port is not None else config.server.port,
-        access_log=None,  # the gateway writes its own access line, without secrets
-        handler_cancellation=True,  # a client that leaves cancels its upstream call
-        shutdown_timeout=config.server.shutdown_timeout,
-        loop=_new_loop(),
-        print=None,
+        loop_factory=_new_loop,
     )
 
 

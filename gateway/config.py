@@ -77,6 +77,20 @@ class ServerConfig(BaseModel):
     audit_path: str | None = None
     # Seconds that in-flight requests get to finish on shutdown.
     shutdown_timeout: Seconds = 30.0
+    # A connection whose request headers are not complete this long after it opened (or
+    # after the first byte of its next request) is closed: slow-header clients (slowloris)
+    # cannot hold connections. Real clients send their headers in one packet.
+    header_timeout_s: Seconds = 10.0
+    # A request body not complete this long after its headers ends its request with 408
+    # and closes the connection (slow-body clients). 1 MiB in 30 s is 35 KB/s.
+    body_timeout_s: Seconds = 30.0
+    # An idle keep-alive connection is closed after this long. Above the 60 s idle timeout
+    # of common load balancers, so that the balancer, not the gateway, closes first.
+    keepalive_timeout_s: Seconds = 75.0
+    # Client connections this process holds at once; one more is answered 503 and closed.
+    # Lowered at start-up (with a warning) when the open-files limit cannot hold it next to
+    # the upstream connection pools.
+    max_connections: Annotated[int, Field(ge=1)] = 4096
 
 
 class UpstreamTimeouts(BaseModel):

@@ -113,6 +113,30 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class RequestLineTooLong(GatewayError):
+    status = 414
+    error_type = "invalid_request_error"
+    default_code = "request_line_too_long"
+
+
+class UnsupportedContentEncoding(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_content_encoding"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    error_type = "invalid_request_error"
+    default_code = "request_headers_too_large"
+
+
 class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
@@ -132,6 +156,14 @@ class UpstreamBusy(GatewayError):
     status = 503
     error_type = "service_unavailable_error"
     default_code = "upstream_busy"
+
+
+class TooManyConnections(GatewayError):
+    """The process holds as many client connections as it may (`server.max_connections`)."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "too_many_connections"
 
 
 class UpstreamTimeout(GatewayError):

@@ -1,9 +1,11 @@
 """Validation stage: the raw HTTP body to a normalized `ChatCompletionRequest`, or a 400/413.
 
-Owns the transport checks (content type, content encoding, size) and the translation of
-pydantic's errors into one OpenAI error whose `param` is the dotted path of the offending
+Owns the checks of the body as sent (content type, size) and the translation of pydantic's
+errors into one OpenAI error whose `param` is the dotted path of the offending
 field (`messages[2].content[0].image_url.url`). The submitted value is never quoted back:
-it may be a secret or patient data.
+it may be a secret or patient data. A body with a Content-Encoding never gets here: the
+middleware refuses it, on every path, before any stage (app.py). A body that arrives too
+slowly, or breaks its chunked framing, fails the read with 408 or 400 (connections.py).
 
 Reads: the HTTP request. Writes: `request`.
 """
@@ -41,13 +43,6 @@ async def read_chat_request(request: web.Request, max_body_bytes: int) -> ChatCo
         raise InvalidRequest(
             "The request body must be JSON, sent with 'Content-Type: application/json'.",
             code="unsupported_content_type",
-        )
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
-        # A compressed body can expand far past the size limit: refuse rather than inflate.
-        raise InvalidRequest(
-            "Compressed request bodies are not accepted; send the JSON uncompressed.",
-            code="unsupported_content_encoding",
         )
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise _too_large(max_body_bytes)
