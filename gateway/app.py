@@ -29,6 +29,7 @@ from gateway.appkeys import (
     TASKS,
     UPSTREAMS,
 )
+from gateway.auth_failures import AuthFailureLimit
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
@@ -64,6 +65,7 @@ from gateway.upstream.health import HealthBook
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
+_AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 
 
 def build_app(
@@ -90,8 +92,10 @@ def build_app(
         {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
     )
     app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
+    app[_AUTH_FAILURES] = AuthFailureLimit(config, app[METRICS], app[LOG])
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
+    app.cleanup_ctx.append(_auth_failure_counter)
     app.router.add_post("/v1/chat/completions", handlers.run(CHAT))
     app.router.add_get("/v1/models", handlers.run(MODEL_LIST))
     app.router.add_get("/v1/models/{model:.+}", handlers.run(MODEL_INFO))
@@ -105,7 +109,7 @@ def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
     """The request paths, in order. Every path starts with the audit and the metrics, so
     they leave last and see how the request ended; moving a stage is moving its line."""
     config = app[CONFIG]
-    auth = Authenticator(config)
+    auth = Authenticator(config, app[_AUTH_FAILURES])
     router = Router(config)
     safety = SafetyModel(router, caller, app[METRICS])
     audit, metrics = Audit(app[_AUDIT_LOG]), Metrics(app[METRICS])
@@ -140,6 +144,12 @@ async def _background_work(app: web.Application) -> AsyncIterator[None]:
     # Settle what in-flight requests left behind before the limiter goes away.
     await app[TASKS].drain(seconds=5.0)
     await app[LIMITER].close()
+
+
+async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
+    await app[_AUTH_FAILURES].warm_up()
+    yield
+    await app[_AUTH_FAILURES].close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
