@@ -44,6 +44,7 @@ from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
 from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
+from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
 from gateway.stages.audit import Audit
 from gateway.stages.auth import Authenticator
@@ -102,6 +103,7 @@ def build_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", openapi_handler())
     return app
 
 
