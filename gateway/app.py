@@ -31,6 +31,7 @@ from gateway.appkeys import (
     TASKS,
     UPSTREAMS,
 )
+from gateway.auth_failures import AuthFailureLimit
 from gateway.config import GatewayConfig
 from gateway.connections import MAX_HEADER_LINE, MAX_REQUEST_LINE, SERVER_NAME
 from gateway.errors import (
@@ -47,6 +48,7 @@ from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
 from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
+from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
 from gateway.stages.audit import Audit
 from gateway.stages.auth import Authenticator
@@ -68,6 +70,7 @@ from gateway.upstream.health import HealthBook
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
+_AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 
 
 def build_app(
@@ -102,14 +105,17 @@ def build_app(
         {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
     )
     app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
+    app[_AUTH_FAILURES] = AuthFailureLimit(config, app[METRICS], app[LOG])
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
+    app.cleanup_ctx.append(_auth_failure_counter)
     app.router.add_post("/v1/chat/completions", handlers.run(CHAT))
     app.router.add_get("/v1/models", handlers.run(MODEL_LIST))
     app.router.add_get("/v1/models/{model:.+}", handlers.run(MODEL_INFO))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", openapi_handler())
     return app
 
 
@@ -117,7 +123,7 @@ def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
     """The request paths, in order. Every path starts with the audit and the metrics, so
     they leave last and see how the request ended; moving a stage is moving its line."""
     config = app[CONFIG]
-    auth = Authenticator(config)
+    auth = Authenticator(config, app[_AUTH_FAILURES])
     router = Router(config)
     safety = SafetyModel(router, caller, app[METRICS])
     audit, metrics = Audit(app[_AUDIT_LOG]), Metrics(app[METRICS])
@@ -152,6 +158,12 @@ async def _background_work(app: web.Application) -> AsyncIterator[None]:
     # Settle what in-flight requests left behind before the limiter goes away.
     await app[TASKS].drain(seconds=5.0)
     await app[LIMITER].close()
+
+
+async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
+    await app[_AUTH_FAILURES].warm_up()
+    yield
+    await app[_AUTH_FAILURES].close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     StringConstraints,
     ValidationError,
     ValidationInfo,
@@ -231,6 +232,29 @@ class RateLimitConfig(BaseModel):
     key_prefix: Name = "llmgw"
 
 
+class AuthFailureConfig(BaseModel):
+    """Failed authentications counted per client address: past `max_failures` within
+    `window_s`, every request from the address is refused with 429 for `block_s`, a valid
+    key included (otherwise a guess that hits would still be told apart). Counted in Redis
+    when `rate_limits.redis_url` is set (replicas share the count; its deadline, breaker and
+    failure_mode apply), else in this process. Successful authentications never wait for
+    Redis."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    # A person mistyping a key, or a deploy rolling out a new one, stays far below this; a
+    # script looping on a revoked key, or anyone guessing, does not.
+    max_failures: Annotated[int, Field(ge=1)] = 20
+    window_s: Seconds = 60.0
+    # Longer than the window, so a guesser gets max_failures tries per block, not per window.
+    block_s: Seconds = 300.0
+    # Proxies (addresses or networks) whose X-Forwarded-For is believed: behind them, the
+    # client is the rightmost address of that header not in this list. Empty: the client is
+    # the connection's peer, and X-Forwarded-For is ignored (anyone can send one).
+    trusted_proxies: list[IPvAnyNetwork] = []
+
+
 class RetryConfig(BaseModel):
     """Retries on another upstream after 429, 503, 504, 529, a failed connection or a
     per-try timeout."""
@@ -282,6 +306,7 @@ class GatewayConfig(BaseModel):
 
     server: ServerConfig = ServerConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    auth_failures: AuthFailureConfig = AuthFailureConfig()
     retries: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
     security: SecurityConfig = SecurityConfig()

@@ -31,6 +31,7 @@ from gateway.routing import CallRecord, Route, Translation
 from gateway.upstream.client import JsonAnswer, StreamAnswer
 
 if TYPE_CHECKING:
+    from gateway.auth_failures import AuthFailure
     from gateway.contract import ChatCompletionRequest
     from gateway.stages.context_length import Fitted
     from gateway.stages.policy import PolicyDecision
@@ -86,6 +87,8 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)  # the middleware
 
     team: Team | None = None  # auth
+    # auth: a refused authentication (why, the client address, the key's fingerprint).
+    auth_failure: AuthFailure | None = None
     request: ChatCompletionRequest | None = None  # validate: the client's, normalized
     route: Route | None = None  # route: the model the team asked for and may use
     hipaa_decision: bool | None = None  # policy: is the request under HIPAA

@@ -94,6 +94,26 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        # By reason only: the client address is what an alert wants, and it would make the
+        # label unbounded (it is in the audit line instead).
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures",
+            "Failed authentications, by reason: missing, malformed, unknown_key (each "
+            "counted toward its address's limit) or blocked (refused, its address blocked).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.auth_blocks = Counter(
+            f"{PREFIX}_auth_blocks",
+            "Client addresses blocked for too many failed authentications.",
+            registry=self.registry,
+        )
+        self.auth_limiter_errors = Counter(
+            f"{PREFIX}_auth_limiter_errors",
+            "Failed authentications Redis could not count in time (counted in this process).",
+            registry=self.registry,
+        )
+
         self.retries = Counter(
             f"{PREFIX}_upstream_retries",
             "Retries on another upstream, by the upstream that failed and why.",

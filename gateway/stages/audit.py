@@ -1,7 +1,8 @@
 """The audit trail, written on the way out: one record per API request, whatever happened
 to it (refused, blocked, failed, aborted or answered), for compliance reviews. It names who
 asked what of which model and upstream, the outcome, the tokens, the policies and
-compliance regime applied and the safety verdicts; it never holds message content or keys.
+compliance regime applied and the safety verdicts; for a refused authentication, why, the
+client address and the presented key's fingerprint. It never holds message content or keys.
 
 Reads: everything the other stages decided. Writes: nothing on the exchange.
 """
@@ -20,6 +21,7 @@ class Audit(Stage):
         self._log = log
 
     def leave(self, exchange: Exchange) -> None:
+        failure = exchange.auth_failure
         self._log.info(
             "audit",
             **exchange.summary(),
@@ -29,4 +31,7 @@ class Audit(Stage):
             compliance="hipaa" if exchange.hipaa else "none",
             safety_verdict=exchange.safety_verdict,
             answer_safety_verdict=exchange.answer_verdict,
+            auth_failure=None if failure is None else failure.reason,
+            client_address=None if failure is None else failure.client,
+            key_fingerprint=None if failure is None else failure.key_fingerprint,
         )

@@ -50,6 +50,7 @@ CHAT_ORDER = [
 
 OWNER = {
     "team": "auth",
+    "auth_failure": "auth",
     "request": "validate",
     "route": "route",
     "hipaa_decision": "policy",
