@@ -24,6 +24,7 @@ from gateway.appkeys import (
     EXCHANGE,
     HEALTH,
     LIMITER,
+    LIVE_STREAMS,
     LOG,
     METRICS,
     MODEL_INFO,
@@ -57,7 +58,7 @@ from gateway.stages.metrics import Metrics
 from gateway.stages.models import ModelInfo, ModelList
 from gateway.stages.policy import PolicyStage
 from gateway.stages.ratelimit import RateLimitStage
-from gateway.stages.relay import Relay
+from gateway.stages.relay import LiveStreams, Relay
 from gateway.stages.route import Router
 from gateway.stages.safety import AnswerCheck, SafetyCheck, SafetyModel
 from gateway.stages.translate import Translator
@@ -99,6 +100,7 @@ def build_app(
     app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
     app[TASKS] = BackgroundTasks(app[LOG])
+    app[LIVE_STREAMS] = LiveStreams()
     app[LIMITER] = limiter or _limiter_backend(config)
     app[HEALTH] = HealthBook(
         config.health,
@@ -140,7 +142,7 @@ def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
         SafetyCheck(safety),
         CallUpstream(caller),
         AnswerCheck(safety),
-        Relay(),
+        Relay(app[LIVE_STREAMS]),
     ]
     app[CHAT] = Pipeline(chat, app[LOG])
     app[MODEL_LIST] = Pipeline([audit, metrics, auth, ModelList(router)], app[LOG])

@@ -6,7 +6,9 @@ Owns what belongs to the process rather than to a connection:
   and `server.max_connections` lowered (with a warning) when the limit cannot hold it next
   to the upstream pools;
 - signals: SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) stop accepting, let
-  in-flight requests finish within `server.shutdown_timeout` and exit; SIGHUP (reload is
+  in-flight requests finish within `server.shutdown_timeout`, end the streams still
+  running then with an error event that says so (see `stages.relay.LiveStreams`), and
+  exit; SIGHUP (reload is
   not supported yet), SIGUSR1, SIGUSR2 and the other signals whose default action would end
   the process are logged and otherwise ignored, so that no stream is cut and no audit line
   lost.
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
-from gateway.appkeys import CONFIG, LOG, METRICS
+from gateway.appkeys import CONFIG, LIVE_STREAMS, LOG, METRICS
 from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
 
 # Signals that drain in-flight requests and end the process. The signals below would end
@@ -30,6 +32,10 @@ from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
 # their audit lines; they are logged and ignored. Faults (SIGSEGV, SIGABRT, ...), resource
 # limits (SIGXCPU, SIGXFSZ) and SIGKILL keep their default.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# After the drain deadline has ended the streams, what the rest of the requests get to
+# unwind (then aiohttp cancels them).
+_UNWIND_S = 1.0
+
 IGNORED_SIGNALS: dict[int, str] = {
     **{
         sig.value: sig.name
@@ -135,7 +141,9 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
         guard,
         access_log=None,  # the gateway writes its own access line, without secrets
         handler_cancellation=True,  # a client that leaves cancels its upstream call
-        shutdown_timeout=config.server.shutdown_timeout,
+        # aiohttp's own deadline is a backstop: the streams end at the drain deadline
+        # (below), and aiohttp waits it twice before cancelling a handler.
+        shutdown_timeout=config.server.shutdown_timeout + _UNWIND_S,
         keepalive_timeout=config.server.keepalive_timeout_s,
     )
     await runner.setup()
@@ -153,7 +161,17 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
         sig = await stop
         log.info("shutting_down", signal=sig.name)
     finally:
-        await runner.cleanup()
+        deadline = loop.call_later(config.server.shutdown_timeout, _end_streams, app)
+        try:
+            await runner.cleanup()
+        finally:
+            deadline.cancel()
+
+
+def _end_streams(app: web.Application) -> None:
+    ended = app[LIVE_STREAMS].cut_all()
+    if ended:
+        app[LOG].warning("streams_ended_at_drain_deadline", streams=ended)
 
 
 def _reload_not_supported(log: FilteringBoundLogger) -> None:

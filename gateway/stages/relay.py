@@ -14,6 +14,10 @@ for the serving upstream's `timeouts.idle`, or is still being waited on when the
 whose client left (the upstream request closed, the rate-limit slot given back), with the
 outcome `client_stalled`.
 
+A shutdown ends the streams still running at its drain deadline (`LiveStreams.cut_all`): each
+ends with an error event saying so and no `[DONE]`, its upstream request closed, with the
+outcome `gateway_shutdown` (not blamed on the client, nor on the upstream).
+
 Reads: `answer`, `request` (did the client ask for the usage chunk), `hipaa`. Writes:
 `relayed`, `response`.
 """
@@ -43,8 +47,36 @@ _SSE_HEADERS = {
 }
 
 
+class LiveStreams:
+    """The streams being relayed now, for a shutdown to end at its drain deadline."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, tuple[StreamAnswer, RelayRecord]] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def cut_all(self) -> int:
+        """Ends every live stream: its upstream response is closed, so the relay's next read
+        fails and it writes the shutdown's error event. Returns how many."""
+        streams = list(self._streams.values())
+        for answer, relayed in streams:
+            relayed.end = "gateway_shutdown"
+            answer.close()
+        return len(streams)
+
+    def add(self, exchange: Exchange, answer: StreamAnswer) -> None:
+        self._streams[id(exchange)] = (answer, exchange.relayed)
+
+    def discard(self, exchange: Exchange) -> None:
+        self._streams.pop(id(exchange), None)
+
+
 class Relay(Stage):
     name = "relay"
+
+    def __init__(self, live: LiveStreams) -> None:
+        self._live = live
 
     async def enter(self, exchange: Exchange) -> None:
         answer = exchange.answer
@@ -65,6 +97,7 @@ class Relay(Stage):
         await response.prepare(exchange.http)
         relayed.first_byte_ms = exchange.elapsed_ms()
         client = _ClientDeadline(response, exchange.http.transport, answer, relayed)
+        self._live.add(exchange, answer)
         try:
             relayed.end = await _forward_events(answer, client, exchange, client_wants_usage)
             await client.write_eof()
@@ -74,6 +107,7 @@ class Relay(Stage):
             if relayed.end != "client_stalled":
                 relayed.end = "client_aborted"
         finally:
+            self._live.discard(exchange)
             client.stop()
 
 
@@ -202,8 +236,16 @@ async def _forward_events(
         end = "upstream_cut"
         failure = error_event("The upstream stopped sending in time.", "upstream_timeout")
     except aiohttp.ClientError:
-        end = "upstream_cut"
-        failure = error_event("The upstream connection broke mid-stream.", "upstream_error")
+        if exchange.relayed.end == "gateway_shutdown":  # closed by LiveStreams.cut_all
+            end = "gateway_shutdown"
+            failure = error_event(
+                "The gateway is shutting down; this answer was cut at its drain deadline.",
+                "gateway_shutdown",
+                "service_unavailable_error",
+            )
+        else:
+            end = "upstream_cut"
+            failure = error_event("The upstream connection broke mid-stream.", "upstream_error")
     await client.write(failure)
     return end
 

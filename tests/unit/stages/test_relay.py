@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.accounting import Usage
 from gateway.pipeline import RelayRecord
-from gateway.stages.relay import Relay, _forward
+from gateway.stages.relay import LiveStreams, Relay, _forward
 from gateway.upstream.client import JsonAnswer
 from tests.conftest import an_exchange
 
@@ -29,7 +29,7 @@ class Captured(web.StreamResponse):
 async def test_a_whole_answer_goes_out_as_the_upstream_gave_it() -> None:
     exchange = an_exchange(answer=JsonAnswer(b'{"id":"x"}', Usage(1, 2)))
 
-    await Relay().enter(exchange)
+    await Relay(LiveStreams()).enter(exchange)
 
     assert exchange.response is not None and exchange.response.status == 200
     assert isinstance(exchange.response, web.Response) and exchange.response.body == b'{"id":"x"}'
