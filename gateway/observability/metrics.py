@@ -77,6 +77,14 @@ class GatewayMetrics:
             "Requests being handled now.",
             registry=self.registry,
         )
+        self.stream_endings = Counter(
+            f"{PREFIX}_stream_endings",
+            "Streams relayed to clients, by how they ended: ok, upstream_cut (the upstream "
+            "dropped, stalled or reported an error mid-stream), upstream_bad_event, "
+            "client_aborted, client_stalled, gateway_shutdown.",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             f"{PREFIX}_rate_limited_requests",
             "Requests refused with 429 by the gateway's rate limiter, by the limit that refused.",

@@ -32,8 +32,9 @@ class Metrics(Stage):
         metrics.requests.labels(team, model, upstream, status_code(exchange.status)).inc()
         metrics.request_duration.labels(team, model).observe(exchange.elapsed_ms() / 1000)
         first_byte = exchange.relayed.first_byte_ms
-        if first_byte is not None:
+        if first_byte is not None:  # a stream reached its client
             metrics.time_to_first_token.labels(team, model).observe(first_byte / 1000)
+            metrics.stream_endings.labels(model, exchange.outcome).inc()
         usage = exchange.usage
         if usage is not None:
             metrics.tokens.labels(team, model, "prompt").inc(usage.prompt_tokens)

@@ -50,7 +50,7 @@ def through(proxy: FaultProxy, upstream: RunningUpstream) -> dict[str, object]:
     return raw
 
 
-async def test_a_throttled_stream_longer_than_idle_arrives_event_by_event_and_completes(
+async def test_row_03_a_throttled_stream_longer_than_idle_arrives_event_by_event_and_completes(
     start_gateway: StartGateway, upstream: RunningUpstream, proxy: FaultProxy
 ) -> None:
     gateway = await start_gateway(through(proxy, upstream))
@@ -86,7 +86,7 @@ async def test_a_throttled_stream_longer_than_idle_arrives_event_by_event_and_co
     assert elapsed > 2 * IDLE  # longer than idle in all, and never cut for it
 
 
-async def test_a_gap_longer_than_idle_ends_the_stream_with_a_timeout_event(
+async def test_row_03_a_gap_longer_than_idle_ends_the_stream_with_a_timeout_event(
     start_gateway: StartGateway, upstream: RunningUpstream, proxy: FaultProxy
 ) -> None:
     gateway = await start_gateway(through(proxy, upstream))

@@ -1,6 +1,7 @@
 """Fault matrix row 4, the upstream drops the connection mid-stream: bytes already reached
 the client, so there is no retry; the client sees the events that came and then an error
-event, never a `[DONE]`; the audit line marks the stream incomplete (`upstream_cut`)."""
+event, never a `[DONE]`; the audit line marks the stream incomplete (`upstream_cut`), and
+so does `llm_gateway_stream_endings_total`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import json
 import aiohttp
 
 from gateway.testing.fake_upstream import Behavior
-from tests.conftest import RunningGateway, RunningUpstream, auth, chat_body
+from tests.conftest import MODEL, RunningGateway, RunningUpstream, auth, chat_body, metric
 
 
-async def test_a_stream_the_upstream_drops_ends_visibly_and_is_audited_incomplete(
+async def test_row_04_a_stream_the_upstream_drops_ends_visibly_and_is_audited_incomplete(
     gateway: RunningGateway, upstream: RunningUpstream
 ) -> None:
     upstream.state.default = Behavior(abort_after=3)
@@ -44,3 +45,6 @@ async def test_a_stream_the_upstream_drops_ends_visibly_and_is_audited_incomplet
         await asyncio.sleep(0.02)
     [audit] = gateway.log_records("audit")
     assert (audit["status"], audit["outcome"], audit["attempts"]) == (200, "upstream_cut", 1)
+    endings = "llm_gateway_stream_endings_total"
+    assert await metric(gateway, endings, model=MODEL, outcome="upstream_cut") == 1
+    assert await metric(gateway, endings, outcome="ok") == 0

@@ -53,7 +53,7 @@ async def stream(gateway: RunningGateway, request_id: str) -> tuple[int, list[by
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_EVENTS))
-async def test_a_bad_event_mid_stream_ends_it_with_an_error_event_and_closes_the_upstream(
+async def test_row_08_a_bad_event_mid_stream_ends_it_with_an_error_event_and_closes_the_upstream(
     gateway: RunningGateway, upstream: RunningUpstream, kind: str
 ) -> None:
     upstream.state.default = Behavior(bad_event=kind, error_after=2, delay=SPACED)
@@ -77,7 +77,7 @@ async def test_a_bad_event_mid_stream_ends_it_with_an_error_event_and_closes_the
     assert (audit["status"], audit["outcome"]) == (200, "upstream_bad_event")
 
 
-async def test_an_event_over_the_size_bound_is_a_bad_event_too(
+async def test_row_08_an_event_over_the_size_bound_is_a_bad_event_too(
     start_gateway: StartGateway, upstream: RunningUpstream
 ) -> None:
     gateway = await start_gateway(config_dict(upstream.url, max_event_bytes=1024))
@@ -103,7 +103,7 @@ async def test_an_event_over_the_size_bound_is_a_bad_event_too(
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_EVENTS))
-async def test_a_bad_first_event_is_a_503_and_nothing_is_streamed(
+async def test_row_08_a_bad_first_event_is_a_503_and_nothing_is_streamed(
     gateway: RunningGateway, upstream: RunningUpstream, kind: str
 ) -> None:
     upstream.state.default = Behavior(bad_event=kind)

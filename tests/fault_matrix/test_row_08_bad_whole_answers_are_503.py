@@ -11,7 +11,7 @@ from tests.conftest import RunningGateway, RunningUpstream, chat_body, metric, p
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_EVENTS))
-async def test_a_whole_answer_that_is_not_a_chat_completion_is_a_503(
+async def test_row_08_a_whole_answer_that_is_not_a_chat_completion_is_a_503(
     gateway: RunningGateway, upstream: RunningUpstream, kind: str
 ) -> None:
     upstream.state.default = Behavior(bad_event=kind)

@@ -33,7 +33,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         yield running
 
 
-def test_an_announced_huge_body_is_refused_before_it_is_sent(gateway: GatewayProcess) -> None:
+def test_row_16_an_announced_huge_body_is_refused_before_it_is_sent(
+    gateway: GatewayProcess,
+) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(f"{HEAD}Content-Length: {10 * MIB}\r\n\r\n{{".encode())
         reply = read_reply(sock, timeout=5)  # nothing more of the 10 MiB is sent
@@ -42,7 +44,7 @@ def test_an_announced_huge_body_is_refused_before_it_is_sent(gateway: GatewayPro
     assert reply.json()["error"]["code"] == "request_too_large"
 
 
-def test_huge_bodies_leave_memory_flat(gateway: GatewayProcess) -> None:
+def test_row_16_huge_bodies_leave_memory_flat(gateway: GatewayProcess) -> None:
     """Ten bodies of 10 MiB each, half announced, half chunked: 100 MiB sent, none kept."""
     before = rss_bytes(gateway)
     statuses = []

@@ -104,7 +104,7 @@ def assert_refused_in_openai_shape(reply: RawReply, status: int) -> None:
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_request_gets_an_openai_error_that_quotes_nothing(
+def test_row_19_malformed_request_gets_an_openai_error_that_quotes_nothing(
     gateway: GatewayProcess, upstream_port: socket.socket, request_bytes: str, status: int
 ) -> None:
     reply = raw_request(gateway.port, request_bytes.encode("latin-1"), until_closed=True)
@@ -117,7 +117,7 @@ def test_malformed_request_gets_an_openai_error_that_quotes_nothing(
         upstream_port.accept()
 
 
-def test_a_bad_chunk_after_the_headers_ends_the_request_at_once(
+def test_row_19_a_bad_chunk_after_the_headers_ends_the_request_at_once(
     gateway: GatewayProcess, upstream_port: socket.socket
 ) -> None:
     """The framing breaks inside a body the gateway is already reading: the request is

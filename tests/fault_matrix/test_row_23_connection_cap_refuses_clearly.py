@@ -33,7 +33,9 @@ def dropped_over_capacity(gateway: GatewayProcess) -> float:
     )
 
 
-async def test_a_connection_over_the_cap_gets_503_and_service_resumes(tmp_path: Path) -> None:
+async def test_row_23_a_connection_over_the_cap_gets_503_and_service_resumes(
+    tmp_path: Path,
+) -> None:
     with gateway_process(tmp_path, max_connections=CAP, header_timeout_s=30) as gateway:
         dropped_before = dropped_over_capacity(gateway)
         idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(CAP)]

@@ -20,7 +20,7 @@ UPSTREAM_CONNECTIONS = 8  # per upstream; the suite's configuration has two
 FLOOD = 300
 
 
-async def test_a_flood_leaves_descriptors_for_upstream_calls(
+async def test_row_23_a_flood_leaves_descriptors_for_upstream_calls(
     upstream: RunningUpstream, tmp_path: Path
 ) -> None:
     raw = config_dict(upstream.url, header_timeout_s=30)

@@ -32,7 +32,7 @@ async def closed_after(reader: asyncio.StreamReader, opened: float, limit: float
         return time.monotonic() - opened
 
 
-async def test_connections_that_never_send_are_closed(tmp_path: Path) -> None:
+async def test_row_23_connections_that_never_send_are_closed(tmp_path: Path) -> None:
     with gateway_process(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as gateway:
 
         async def idle() -> tuple[float | None, bytes]:
@@ -53,7 +53,7 @@ async def test_connections_that_never_send_are_closed(tmp_path: Path) -> None:
     assert all(first == b"" for _, first in results)  # closed without an answer
 
 
-async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+async def test_row_23_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
     with gateway_process(
         tmp_path, header_timeout_s=HEADER_TIMEOUT_S, keepalive_timeout_s=KEEPALIVE_TIMEOUT_S
     ) as gateway:

@@ -38,7 +38,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     ],
     ids=["content-length", "chunked"],
 )
-def test_a_body_that_stops_arriving_is_answered_408(gateway: GatewayProcess, start: str) -> None:
+def test_row_23_a_body_that_stops_arriving_is_answered_408(
+    gateway: GatewayProcess, start: str
+) -> None:
     request_id = f"slow-body-{start[:7].lower()}"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(f"{HEAD}x-request-id: {request_id}\r\n{start}".encode())

@@ -41,7 +41,7 @@ async def slow_client(port: int) -> tuple[float | None, bytes]:
     return None, received
 
 
-async def test_slowloris_connections_are_answered_408_and_closed(tmp_path: Path) -> None:
+async def test_row_23_slowloris_connections_are_answered_408_and_closed(tmp_path: Path) -> None:
     with gateway_process(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as gateway:
         normal: list[int] = []
         done = asyncio.Event()

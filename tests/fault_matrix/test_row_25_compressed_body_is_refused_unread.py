@@ -50,7 +50,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     [("/v1/chat/completions", True), ("/v1/chat/completions", False), ("/v1/nothing", False)],
     ids=["chat-with-key", "chat-without-key", "unknown-path"],
 )
-async def test_a_gzip_bomb_is_refused_without_inflating_it(
+async def test_row_25_a_gzip_bomb_is_refused_without_inflating_it(
     gateway: GatewayProcess, bomb: bytes, path: str, key: bool
 ) -> None:
     latencies: list[float] = []
@@ -97,7 +97,7 @@ async def test_a_gzip_bomb_is_refused_without_inflating_it(
     assert max(latencies) < 1.0, f"a concurrent request waited {max(latencies):.2f} s"
 
 
-def test_the_connection_closes_without_the_rest_of_the_body(
+def test_row_25_the_connection_closes_without_the_rest_of_the_body(
     gateway: GatewayProcess, bomb: bytes
 ) -> None:
     declared = 10 * (1 << 20)
@@ -115,7 +115,7 @@ def test_the_connection_closes_without_the_rest_of_the_body(
     assert reply.closed, "the gateway kept the connection to drain the announced body"
 
 
-def test_an_encoding_listed_after_identity_is_refused_too(gateway: GatewayProcess) -> None:
+def test_row_25_an_encoding_listed_after_identity_is_refused_too(gateway: GatewayProcess) -> None:
     body = b'{"model": "m", "messages": []}'
     head = (
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
