@@ -266,7 +266,10 @@ def _from_http_exception(http_error: web.HTTPException) -> GatewayError:
     if isinstance(http_error, web.HTTPNotFound):
         return NotFound("No such endpoint.")
     if isinstance(http_error, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed("This endpoint does not accept that HTTP method.")
+        return MethodNotAllowed(
+            "This endpoint does not accept that HTTP method.",
+            headers={"Allow": ", ".join(sorted(http_error.allowed_methods))},
+        )
     if isinstance(http_error, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("The request body is larger than the gateway accepts.")
     if 400 <= http_error.status < 500:

@@ -134,3 +134,16 @@ async def test_unknown_routes_answer_in_openai_shape(
 
     assert resp.status == status
     assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_a_wrong_method_is_told_which_methods_the_endpoint_takes(
+    gateway: RunningGateway,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/v1/chat/completions", headers=auth()) as resp,
+    ):
+        body = await resp.json()
+
+    assert (resp.status, body["error"]["code"]) == (405, "method_not_allowed")
+    assert resp.headers["Allow"] == "POST"  # RFC 9110: a 405 lists what is allowed
