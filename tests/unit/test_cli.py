@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
-
+from gateway import server
 from gateway.cli import DEMO_CONFIG, DEMO_TEAM_KEY, DEMO_UPSTREAM_KEY_ENV, main
 from gateway.config import TeamConfig, load_config
 from gateway.stages.auth import hash_key
@@ -101,7 +100,7 @@ def test_serve_with_an_invalid_file_returns_2_without_starting(
     def must_not_start(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("serve started on an invalid configuration")
 
-    monkeypatch.setattr(web, "run_app", must_not_start)
+    monkeypatch.setattr(server, "serve", must_not_start)
 
     assert main(["serve", "--config", str(invalid_file)]) == 2
 
