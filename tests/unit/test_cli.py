@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from gateway import server
 from gateway.cli import DEMO_CONFIG, DEMO_TEAM_KEY, DEMO_UPSTREAM_KEY_ENV, main
 from gateway.config import TeamConfig, load_config
