@@ -13,7 +13,7 @@ from tests.gateway_process import gateway_process
 IDLE_CONNECTIONS = 1000
 HEADER_TIMEOUT_S = 1.0
 KEEPALIVE_TIMEOUT_S = 2.0
-MARGIN_S = 3.0
+MARGIN_S = 6.0  # a shared two-core machine: 1,000 connects at once queue in the backlog
 
 
 async def closed_after(reader: asyncio.StreamReader, opened: float, limit: float) -> float | None:
