@@ -41,7 +41,10 @@ GOOD = {"Authorization": f"Bearer {bench.TEAM_KEY}"}
 STREAM_BODY = {**bench.BODY, "stream": True, "max_tokens": 64}
 # A header with a control character: the HTTP parser's own refusal.
 PARSER_ABUSE = b"POST /v1/chat/completions HTTP/1.1\r\nX: a\x01b\r\n\r\n"
-ABUSER = "127.0.0.2"  # hostile traffic comes from its own address, as it would
+ABUSER = "127.0.0.2"
+# Wrong keys come from a third address: the 21st blocks it (429), and the other abuse must
+# keep reaching the paths it tests.
+GUESSER = "127.0.0.3"  # hostile traffic comes from its own address, as it would
 
 
 def gzip_bomb(inflated_mib: int = 900) -> bytes:
@@ -120,10 +123,14 @@ async def slowloris(port: int, tally: Tally, seconds: float) -> None:
 
 
 async def idle_keepalive(port: int, tally: Tally, seconds: float) -> None:
+    """A connection that never sends anything."""
     try:
-        _, writer = await connect(port)
-        await asyncio.sleep(seconds)
-        tally.add("idle_socket", "held")
+        reader, writer = await connect(port)
+        try:
+            await asyncio.wait_for(reader.read(1), seconds)
+            tally.add("idle_socket", "closed_by_gateway")
+        except TimeoutError:
+            tally.add("idle_socket", "still_open")
         writer.close()
     except OSError as exc:
         tally.add("idle_socket", type(exc).__name__)
@@ -171,9 +178,13 @@ async def soak(port: int, total: int, pid: int) -> dict[str, Any]:
     hostile = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64, local_addr=(ABUSER, 0)), timeout=timeout
     )
+    guesser = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=16, local_addr=(GUESSER, 0)), timeout=timeout
+    )
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=timeout) as session,
         hostile,
+        guesser,
     ):
         # Warm-up, then the baseline memory.
         await bench.concurrent(session, url, GOOD, 300, 8)
@@ -190,7 +201,7 @@ async def soak(port: int, total: int, pid: int) -> dict[str, Any]:
 
         abuses = [
             lambda: http_once(
-                hostile,
+                guesser,
                 tally,
                 "wrong_key",
                 url,
