@@ -22,10 +22,10 @@ class UpstreamHealth:
     outstanding: int = 0  # requests in flight to it, from this process
     consecutive_failures: int = 0
     ejections: int = 0  # in a row; resets after a success off probation
+    # Until when the upstream is out. Attempts that started before then (already on their
+    # way when it was ejected, or retries sent to it while out because nothing else was
+    # left) say nothing new about it: only the probes after its cool-down decide.
     ejected_until: float = 0.0
-    # When the last ejection happened: attempts that started before it were already on
-    # their way and say nothing new about the upstream.
-    ejected_at: float = float("-inf")
     on_probation: bool = False
 
     def ended(self) -> None:
@@ -59,8 +59,8 @@ class HealthBook:
     def record_success(self, name: str, started: float) -> None:
         """An attempt that started at `started` succeeded."""
         health = self.state[name]
-        if started < health.ejected_at:
-            return  # sent before the ejection: not the probe that may restore it
+        if started < health.ejected_until:
+            return  # sent before its cool-down ended: not the probe that may restore it
         health.consecutive_failures = 0
         if health.on_probation and self.available(name):
             health.on_probation = False
@@ -68,11 +68,12 @@ class HealthBook:
 
     def record_failure(self, name: str, started: float) -> bool:
         """Counts the failure of an attempt that started at `started`; True when it
-        ejected the upstream. The failures of a burst already on its way when the upstream
-        was ejected are one incident, not new ones: they neither eject it again nor
-        double its cool-down."""
+        ejected the upstream. Failures of attempts that started before the cool-down ended
+        (a burst already on its way when the upstream was ejected, retries sent to it while
+        it was out) are the same incident: they neither eject it again nor double its
+        cool-down."""
         health = self.state[name]
-        if started < health.ejected_at:
+        if started < health.ejected_until:
             return False
         health.consecutive_failures += 1
         probe_failed = health.on_probation and self.available(name)
@@ -82,8 +83,7 @@ class HealthBook:
             return False
         health.ejections += 1
         cool_down = self._config.base_ejection_s * 2 ** (health.ejections - 1)
-        health.ejected_at = self._clock()
-        health.ejected_until = health.ejected_at + min(cool_down, self._config.max_ejection_s)
+        health.ejected_until = self._clock() + min(cool_down, self._config.max_ejection_s)
         health.on_probation = True
         health.consecutive_failures = 0
         return True

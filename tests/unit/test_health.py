@@ -98,7 +98,7 @@ def test_balancer_prefers_the_less_loaded_of_two_and_skips_ejected_and_tried() -
     assert {balancer.pick(route, set()).upstream_name for _ in range(20)} == {"a"}
 
 
-def test_failures_of_attempts_sent_before_an_ejection_do_not_eject_again() -> None:
+def test_failures_of_attempts_sent_before_the_cool_down_ended_do_not_eject_again() -> None:
     clock = Clock()
     health = book(clock)
     sent = clock.now  # a burst of attempts, all on their way at once
@@ -107,6 +107,8 @@ def test_failures_of_attempts_sent_before_an_ejection_do_not_eject_again() -> No
 
     assert ejections.count(True) == 1  # one incident, one ejection
     assert health.state["a"].ejected_until - clock.now == 10  # the base cool-down
+    retried_while_out = clock.now + 5
+    assert not any(health.record_failure("a", retried_while_out) for _ in range(12))
     health.record_success("a", sent)
     assert not health.available("a")  # nor does a late success of the burst restore it
     clock.now = health.state["a"].ejected_until
