@@ -63,5 +63,6 @@ async def test_row_23_slowloris_connections_are_answered_408_and_closed(tmp_path
     for _, answer in results:
         assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
         assert b'"code":"request_timeout"' in answer
-    assert len(normal) >= 10
+    # Served throughout: about one request every 0.1 s for the slow clients' ~1 s.
+    assert len(normal) >= 5
     assert set(normal) == {200}
