@@ -16,7 +16,7 @@ import pytest
 
 from gateway.testing.fake_upstream import Behavior
 from gateway.testing.fault_proxy import FaultProxy
-from tests.conftest import RunningUpstream, StartGateway, auth, chat_body, config_dict
+from tests.conftest import RunningUpstream, StartGateway, auth, chat_body, config_dict, post_chat
 
 IDLE = 0.5
 MESSAGE = [{"role": "user", "content": "one two three four five six seven eight"}]
@@ -92,15 +92,8 @@ async def test_row_03_a_gap_longer_than_idle_ends_the_stream_with_a_timeout_even
     gateway = await start_gateway(through(proxy, upstream))
     upstream.state.script.append(Behavior(stall_after=3))
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions",
-            json=chat_body(stream=True, messages=MESSAGE),
-            headers=auth(),
-        ) as resp,
-    ):
-        raw = await resp.read()
+    resp = await post_chat(gateway, chat_body(stream=True, messages=MESSAGE))
+    raw = resp.body
 
     assert resp.status == 200
     assert b"data: [DONE]" not in raw

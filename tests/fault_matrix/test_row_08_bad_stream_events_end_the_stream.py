@@ -84,15 +84,8 @@ async def test_row_08_an_event_over_the_size_bound_is_a_bad_event_too(
     upstream.state.default = Behavior(delay=SPACED)
     message = [{"role": "user", "content": "short " + "x" * 4096}]
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions",
-            json=chat_body(stream=True, messages=message),
-            headers=auth(),
-        ) as resp,
-    ):
-        raw = await resp.read()
+    resp = await post_chat(gateway, chat_body(stream=True, messages=message))
+    raw = resp.body
 
     assert resp.status == 200
     assert b"x" * 1024 not in raw and b"data: [DONE]" not in raw

@@ -18,10 +18,10 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
-    auth,
     chat_body,
     config_dict,
     metric,
+    post_chat,
 )
 
 POOL_TIMEOUT = 0.5
@@ -56,15 +56,8 @@ def pooled_upstreams(*servers: RunningUpstream, connections: int) -> dict[str, A
 async def chat(gateway: RunningGateway) -> tuple[int, bytes, float]:
     """Status, body and seconds until the whole body was in, for one slow stream."""
     started = time.perf_counter()
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{gateway.url}/v1/chat/completions",
-            json=chat_body(stream=True, messages=MESSAGE),
-            headers=auth(),
-        ) as resp,
-    ):
-        body = await resp.read()
+    resp = await post_chat(gateway, chat_body(stream=True, messages=MESSAGE))
+    body = resp.body
     return resp.status, body, time.perf_counter() - started
 
 
