@@ -32,6 +32,12 @@ from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
 # their audit lines; they are logged and ignored. Faults (SIGSEGV, SIGABRT, ...), resource
 # limits (SIGXCPU, SIGXFSZ) and SIGKILL keep their default.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Connections the kernel may hold completed but not yet accepted. aiohttp's default (128)
+# overflows under a burst of connects: the kernel then drops handshakes, and clients wait
+# seconds for retransmissions before the gateway even sees them (nginx uses 511; Linux caps
+# it at net.core.somaxconn, 4096 on current kernels).
+LISTEN_BACKLOG = 2048
+
 # After the drain deadline has ended the streams, what the rest of the requests get to
 # unwind (then aiohttp cancels them).
 _UNWIND_S = 1.0
@@ -148,7 +154,7 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         log.info(
             "listening",
             host=host,
