@@ -8,13 +8,14 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway import server
 from gateway.app import build_app
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, TeamKey, load_config
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
 
@@ -36,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
 
-    commands.add_parser("hash-key", help="make a new team key and its hash for the config")
+    hash_cmd = commands.add_parser(
+        "hash-key", help="make a new team key and its hash for the config"
+    )
+    hash_cmd.add_argument(
+        "--not-after",
+        help="the last day (2025-03-31, UTC) or moment (2025-03-31T12:00:00Z) the key works",
+    )
 
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
     fake.add_argument("--host", default="127.0.0.1")
@@ -82,10 +89,30 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _hash_key(args: argparse.Namespace) -> int:
     key = "gw-" + secrets.token_urlsafe(32)
+    digest = hash_key(key)
+    entry = f"- {digest}"
+    if args.not_after is not None:
+        try:
+            # The config's own reading of it, so that what is printed is what it accepts.
+            expiring = TeamKey(hash=digest, not_after=args.not_after)
+        except ValueError:
+            print(
+                "--not-after: expected a date (2025-03-31) or a date and time "
+                "(2025-03-31T12:00:00Z)",
+                file=sys.stderr,
+            )
+            return 2
+        assert expiring.not_after is not None and expiring.refused_from is not None
+        if expiring.refused_from <= datetime.now(UTC):
+            print("--not-after: already past; the key would never work", file=sys.stderr)
+            return 2
+        entry = f"- {{hash: {digest}, not_after: {expiring.not_after.isoformat()}}}"
     print(f"key:  {key}")
-    print(f"hash: {hash_key(key)}")
+    print(f"hash: {digest}")
+    print(f"yaml: {entry}")
     print(
-        "Give the key to the team; put only the hash in teams.<name>.key_hashes.", file=sys.stderr
+        "Give the key to the team; paste only the yaml line into teams.<name>.key_hashes.",
+        file=sys.stderr,
     )
     return 0
 

@@ -10,8 +10,10 @@ exact path of the field that holds it, e.g. `teams.search.models[1]`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -200,11 +203,70 @@ class TeamLimits(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
 
 
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")
+_PLAIN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NOT_AFTER_FORM = "expected a date (2025-03-31) or a date and time (2025-03-31T12:00:00Z)"
+
+
+class TeamKey(BaseModel):
+    """One key of a team: its hash and, optionally, the last moment it works."""
+
+    model_config = _FROZEN
+
+    hash: KeyHash
+    # A date (the key works through that day, UTC) or a date and time (UTC unless it has
+    # an offset); after it the key is refused like an unknown one. For rotations.
+    not_after: datetime | date | None = None
+
+    @field_validator("not_after", mode="before")
+    @classmethod
+    def _date_or_time(cls, value: Any) -> Any:
+        # Read here rather than by pydantic's union, which would take a quoted
+        # "2025-03-31" for that day's midnight (a day early) and report a bad value twice.
+        if isinstance(value, str):
+            try:
+                if _PLAIN_DATE.fullmatch(value):
+                    return date.fromisoformat(value)
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(_NOT_AFTER_FORM) from None
+        if isinstance(value, datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if value is None or isinstance(value, date):
+            return value
+        raise ValueError(_NOT_AFTER_FORM)
+
+    @property
+    def refused_from(self) -> datetime | None:
+        """The first instant the key is refused; None when it never is."""
+        if self.not_after is None:
+            return None
+        if isinstance(self.not_after, datetime):
+            # Datetimes count in microseconds: the first one after `not_after`.
+            return self.not_after + timedelta(microseconds=1)
+        return datetime.combine(self.not_after + timedelta(days=1), time(), tzinfo=UTC)
+
+
+def _plain_key_hash(value: Any) -> Any:
+    """`- <hex>` is short for `- {hash: <hex>}` (the form before keys could expire)."""
+    if isinstance(value, str):
+        if not _KEY_HASH.fullmatch(value):
+            raise ValueError(
+                "expected the SHA-256 hex digest of a key (64 lowercase hex digits, "
+                "from `llm-gateway hash-key`), or {hash: ..., not_after: ...}"
+            )
+        return {"hash": value}
+    return value
+
+
 class TeamConfig(BaseModel):
     model_config = _FROZEN
 
-    # SHA-256 hex digests of the team's API keys (`llm-gateway hash-key` makes them).
-    key_hashes: Annotated[list[KeyHash], Field(min_length=1)]
+    # The team's API keys as SHA-256 hex digests (`llm-gateway hash-key` makes them), each
+    # plain or as {hash, not_after}: several at once while a key is being rotated.
+    key_hashes: Annotated[
+        list[Annotated[TeamKey, BeforeValidator(_plain_key_hash)]], Field(min_length=1)
+    ]
     # Public model names (or aliases) the team may use; "*" for every model.
     models: Annotated[list[str], Field(min_length=1)]
     limits: TeamLimits = TeamLimits()
@@ -359,14 +421,14 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         if all(name in config.policies for name in team.policies):
             _, conflicts = compose(team.policies, config.policies)
             problems += [f"teams.{team_name}.policies: {conflict}" for conflict in conflicts]
-        for i, key_hash in enumerate(team.key_hashes):
+        for i, key in enumerate(team.key_hashes):
             where = f"teams.{team_name}.key_hashes[{i}]"
-            if key_hash in owner_of_hash:
+            if key.hash in owner_of_hash:
                 problems.append(
-                    f"{where}: the same key is already given to {owner_of_hash[key_hash]}"
+                    f"{where}: the same key is already given to {owner_of_hash[key.hash]}"
                 )
             else:
-                owner_of_hash[key_hash] = where
+                owner_of_hash[key.hash] = where
     in_use = {name for team in config.teams.values() for name in team.policies}
     for name, policy in config.policies.items():
         if name not in in_use:  # a shipped file no team applies needs nothing configured

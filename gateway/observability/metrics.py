@@ -106,8 +106,9 @@ class GatewayMetrics:
         # label unbounded (it is in the audit line instead).
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures",
-            "Failed authentications, by reason: missing, malformed, unknown_key (each "
-            "counted toward its address's limit) or blocked (refused, its address blocked).",
+            "Failed authentications, by reason: missing, malformed, unknown_key, "
+            "expired_key (each counted toward its address's limit) or blocked (refused, "
+            "its address blocked).",
             ["reason"],
             registry=self.registry,
         )
