@@ -1,9 +1,10 @@
-"""`llm-gateway` command line: serve | check-config | hash-key | fake-upstream | demo."""
+"""`llm-gateway` command line: serve | reload | check-config | hash-key | fake-upstream | demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -13,9 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import server
+from gateway import reload, server
 from gateway.app import build_app
-from gateway.config import ConfigError, GatewayConfig, TeamKey, load_config
+from gateway.config import ConfigError, ConfigFile, GatewayConfig, TeamKey, read_config_file
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
 
@@ -33,6 +34,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--config", required=True, type=Path)
     serve_cmd.add_argument("--host", help="overrides server.host")
     serve_cmd.add_argument("--port", type=int, help="overrides server.port")
+    serve_cmd.add_argument(
+        "--pid-file",
+        type=Path,
+        help=f"where to write the process id, for `reload` (default: {reload.default_pid_file()})",
+    )
+
+    reload_cmd = commands.add_parser(
+        "reload", help="make the running gateway read its configuration again (SIGHUP)"
+    )
+    reload_cmd.add_argument(
+        "--pid-file",
+        type=Path,
+        default=reload.default_pid_file(),
+        help="the pid file `serve` wrote (default: %(default)s)",
+    )
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
@@ -58,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: dict[str, Callable[[argparse.Namespace], int]] = {
         "serve": _serve,
+        "reload": _reload,
         "check-config": _check_config,
         "hash-key": _hash_key,
         "fake-upstream": _fake_upstream,
@@ -67,8 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_or_explain(path: Path) -> GatewayConfig | None:
+    source = _read_or_explain(path)
+    return None if source is None else source.config
+
+
+def _read_or_explain(path: Path) -> ConfigFile | None:
     try:
-        return load_config(path)
+        return read_config_file(path)
     except ConfigError as error:
         print(f"{path}: invalid configuration", file=sys.stderr)
         for problem in error.problems:
@@ -111,17 +133,52 @@ def _hash_key(args: argparse.Namespace) -> int:
     print(f"hash: {digest}")
     print(f"yaml: {entry}")
     print(
-        "Give the key to the team; paste only the yaml line into teams.<name>.key_hashes.",
+        "Give the key to the team; paste only the yaml line into teams.<name>.key_hashes, "
+        "then `llm-gateway reload`.",
         file=sys.stderr,
     )
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load_or_explain(args.config)
-    if config is None:
+    source = _read_or_explain(args.config)
+    if source is None:
         return 2
-    _run(build_app(config), config, args.host, args.port)
+    with contextlib.ExitStack() as on_exit:
+        if not _write_pid_file(on_exit, args.pid_file):
+            return 2
+        _run(build_app(source), source.config, args.host, args.port)
+    return 0
+
+
+def _write_pid_file(on_exit: contextlib.ExitStack, asked: Path | None) -> bool:
+    """The pid file for `reload`, removed on exit. One asked for must be written; the
+    default is skipped, with a warning, when it cannot be."""
+    path = asked or reload.default_pid_file()
+    try:
+        on_exit.enter_context(reload.pid_file(path))
+    except OSError as exc:
+        if asked is not None:
+            print(f"--pid-file {path}: cannot write it: {exc.strerror}", file=sys.stderr)
+            return False
+        print(
+            f"no pid file ({path}: {exc.strerror}): `reload` will not find this gateway",
+            file=sys.stderr,
+        )
+    return True
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        pid = reload.signal_reload(args.pid_file)
+    except reload.ReloadSignalError as error:
+        print(f"llm-gateway reload: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"sent SIGHUP to process {pid}; its log says how the reload ended "
+        "(config_reloaded, or config_reload_refused with every problem), /readyz shows "
+        "config_generation"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The gateway's configuration: one frozen pydantic tree, loaded once from a YAML file.
+"""The gateway's configuration: one frozen pydantic tree, loaded from a YAML file at
+start-up and again on each reload (see `reload`), which swaps in a whole new tree.
 
 Owns the schema (server, upstreams, models, teams), the cross-reference rules between them
 (a model's upstream exists, a team's model exists, aliases are unique, a key hash belongs to
@@ -9,6 +10,7 @@ exact path of the field that holds it, e.g. `teams.search.models[1]`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -64,6 +66,9 @@ class EnvSecret:
 
 
 class ServerConfig(BaseModel):
+    """The process and its listener: read once at start-up, so every setting here takes
+    effect only with a restart (a reload that changes one is refused, see `reload`)."""
+
     model_config = _FROZEN
 
     host: str = "127.0.0.1"
@@ -129,13 +134,16 @@ class UpstreamTimeouts(BaseModel):
 class UpstreamConfig(BaseModel):
     model_config = _FROZEN
 
+    # Restart only (a reload that changes it is refused): the upstream's pool, health and
+    # metrics are its address's.
     base_url: AnyHttpUrl
     dialect: Literal["openai", "together", "vllm", "anthropic"] = "openai"
     # The name of the environment variable that holds this upstream's API key.
     api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     # Connections the gateway opens to this upstream at most (one per request in flight
-    # to it, a stream's whole length included).
+    # to it, a stream's whole length included). Restart only: the pool and the process's
+    # open-files budget are sized for it at start-up.
     max_connections: Annotated[int, Field(ge=1)] = 100
     # The longest a request waits for one of them when all are in use (within
     # `retries.deadline_s`); then 503 `upstream_busy`. The gateway's own backpressure:
@@ -277,6 +285,9 @@ class TeamConfig(BaseModel):
 
 
 class RateLimitConfig(BaseModel):
+    """`failure_mode` and `default_max_tokens` reload; the other settings belong to the
+    backend and the failure counter, built once, and take effect only with a restart."""
+
     model_config = _FROZEN
 
     # Redis shared by all replicas; without it, limits are kept in this process only.
@@ -300,7 +311,8 @@ class AuthFailureConfig(BaseModel):
     key included (otherwise a guess that hits would still be told apart). Counted in Redis
     when `rate_limits.redis_url` is set (replicas share the count; its deadline, breaker and
     failure_mode apply), else in this process. Successful authentications never wait for
-    Redis."""
+    Redis. Read once at start-up, with the counts and blocks a reload keeps: every setting
+    here takes effect only with a restart."""
 
     model_config = _FROZEN
 
@@ -376,6 +388,7 @@ class GatewayConfig(BaseModel):
     policies_dir: str | None = None
     # Policies given inline, by name (besides those of policies_dir).
     policies: dict[Name, Policy] = {}
+    # Adding or removing an upstream takes effect only with a restart.
     upstreams: dict[Name, UpstreamConfig]
     models: dict[Name, ModelConfig]
     teams: dict[Name, TeamConfig]
@@ -478,12 +491,30 @@ def parse_config(
     return config
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A configuration and the file it was read from: its path and the SHA-256 of the
+    bytes that were validated (shown by /readyz, to tell which file is in force)."""
+
+    path: Path
+    sha256: str
+    config: GatewayConfig
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and validate a YAML configuration file."""
+    return read_config_file(path, environ).config
+
+
+def read_config_file(path: str | Path, environ: Mapping[str, str] | None = None) -> ConfigFile:
+    """Read a YAML configuration file once, validate it and hash what was read; raises
+    ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 (byte {exc.start})"]) from None
     try:
@@ -496,7 +527,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         position = getattr(exc, "position", None)
         where = f" at line {text[:position].count(chr(10)) + 1}" if position is not None else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse_config(raw, environ, Path(path).resolve().parent)
+    config = parse_config(raw, environ, Path(path).resolve().parent)
+    return ConfigFile(Path(path), hashlib.sha256(data).hexdigest(), config)
 
 
 class _StrictLoader(yaml.SafeLoader):
