@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import server
+from gateway import server, supervisor
 from gateway.app import build_app
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.stages.auth import hash_key
@@ -32,6 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--config", required=True, type=Path)
     serve_cmd.add_argument("--host", help="overrides server.host")
     serve_cmd.add_argument("--port", type=int, help="overrides server.port")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes serving the port (default 1; auto: one per CPU); more than "
+        "one needs rate_limits.redis_url",
+    )
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
@@ -90,10 +97,25 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    try:
+        return supervisor.parse_workers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = _load_or_explain(args.config)
     if config is None:
         return 2
+    if args.workers > 1:
+        host = args.host or config.server.host
+        port = args.port if args.port is not None else config.server.port
+        problem = supervisor.refusal(config, args.workers, port)
+        if problem is not None:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+            return 2
+        return supervisor.run(config, args.workers, host, port, loop_factory=_new_loop)
     _run(build_app(config), config, args.host, args.port)
     return 0
 
