@@ -91,6 +91,8 @@ from gateway.upstream.retry import RetryBudget
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
 _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
+# Names the worker process that answered, when several serve the port (supervisor.py).
+WORKER_HEADER = "x-gateway-worker"
 
 
 def build_app(
@@ -98,10 +100,12 @@ def build_app(
     *,
     log_stream: TextIO | None = None,
     limiter: LimiterBackend | None = None,
+    worker: str | None = None,
 ) -> web.Application:
     """The gateway application. Given the `ConfigFile` it was read from, it can reload it
     (see `reload`); given a configuration alone, it cannot. `limiter` replaces the backend
-    the config names (tests pass one with a fake clock)."""
+    the config names (tests pass one with a fake clock); `worker` is the id of the worker
+    process it runs in, when there are several (its log lines and answers say it)."""
     source = config if isinstance(config, ConfigFile) else None
     config = config.config if isinstance(config, ConfigFile) else config
     app = web.Application(
@@ -119,6 +123,9 @@ def build_app(
     app.on_response_prepare.append(_server_header)
     app[CONFIG] = config
     app[LOG] = make_logger(config.server, log_stream)
+    if worker is not None:
+        app[LOG] = app[LOG].bind(worker=worker)
+        app.on_response_prepare.append(functools.partial(_worker_header, worker))
     app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
     app[TASKS] = BackgroundTasks(app[LOG])
@@ -342,6 +349,10 @@ async def _refuse_encoded_body(request: web.Request, exchange: Exchange) -> web.
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers[hdrs.SERVER] = SERVER_NAME  # aiohttp's default names its version
+
+
+async def _worker_header(worker: str, request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[WORKER_HEADER] = worker
 
 
 def _from_http_exception(http_error: web.HTTPException) -> GatewayError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import reload, server
+from gateway import reload, server, supervisor
 from gateway.app import build_app
 from gateway.config import ConfigError, ConfigFile, GatewayConfig, TeamKey, read_config_file
 from gateway.stages.auth import hash_key
@@ -34,6 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--config", required=True, type=Path)
     serve_cmd.add_argument("--host", help="overrides server.host")
     serve_cmd.add_argument("--port", type=int, help="overrides server.port")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes serving the port (default 1; auto: one per CPU); more than "
+        "one needs rate_limits.redis_url",
+    )
     serve_cmd.add_argument(
         "--pid-file",
         type=Path,
@@ -140,14 +147,34 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    try:
+        return supervisor.parse_workers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     source = _read_or_explain(args.config)
     if source is None:
         return 2
+    config = source.config
+    if args.workers > 1:
+        port = args.port if args.port is not None else config.server.port
+        problem = supervisor.refusal(config, args.workers, port)
+        if problem is not None:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+            return 2
     with contextlib.ExitStack() as on_exit:
+        # One pid file per replica: the parent's, when there are workers (it forwards the
+        # SIGHUP to each of them).
         if not _write_pid_file(on_exit, args.pid_file):
             return 2
-        _run(build_app(source), source.config, args.host, args.port)
+        if args.workers > 1:
+            host = args.host or config.server.host
+            port = args.port if args.port is not None else config.server.port
+            return supervisor.run(source, args.workers, host, port, loop_factory=_new_loop)
+        _run(build_app(source), config, args.host, args.port)
     return 0
 
 

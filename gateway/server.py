@@ -12,6 +12,10 @@ Owns what belongs to the process rather than to a connection:
   worker of a supervisor that forwards the signal reloads itself); SIGUSR1, SIGUSR2 and the
   other signals whose default action would end the process are logged and otherwise
   ignored, so that no stream is cut and no audit line lost.
+
+With `serve --workers N` (supervisor.py) every worker process runs `serve()` on its own
+event loop with its listening socket bound with SO_REUSEPORT, so the limits above (open
+files, `server.max_connections`) are each worker's.
 """
 
 from __future__ import annotations
@@ -104,8 +108,13 @@ def serve(
     host: str,
     port: int,
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    *,
+    reuse_port: bool = False,
+    listening: Callable[[], None] | None = None,
 ) -> None:
-    """Runs `app` on host:port until SIGTERM, SIGINT or SIGQUIT, then drains."""
+    """Runs `app` on host:port until SIGTERM, SIGINT or SIGQUIT, then drains. A worker
+    process binds with `reuse_port` (its siblings share the port) and is told by
+    `listening` when it serves (its signal handlers are in place then)."""
     config, log = app[CONFIG], app[LOG]
     open_files = raise_open_files_limit(log)
     upstream_connections = sum(u.max_connections for u in config.upstreams.values())
@@ -121,14 +130,21 @@ def serve(
     loop = loop_factory()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(app, guard, host, port))
+        loop.run_until_complete(_serve(app, guard, host, port, reuse_port, listening))
     finally:
         _cancel_remaining(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
-async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: int) -> None:
+async def _serve(
+    app: web.Application,
+    guard: ConnectionGuard,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    listening: Callable[[], None] | None,
+) -> None:
     config, log = app[CONFIG], app[LOG]
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[signal.Signals] = loop.create_future()
@@ -155,7 +171,7 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port).start()
         log.info(
             "listening",
             host=host,
@@ -165,6 +181,8 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
             body_timeout_s=guard.body_timeout_s,
             keepalive_timeout_s=config.server.keepalive_timeout_s,
         )
+        if listening is not None:
+            listening()
         sig = await stop
         log.info("shutting_down", signal=sig.name)
     finally:

@@ -51,8 +51,11 @@ class GatewayProcess:
         return self.log.read_text(errors="replace")
 
     def records(self, event: str | None = None) -> list[dict[str, Any]]:
-        """Its JSON log lines, optionally only those of one event."""
-        lines = [json.loads(line) for line in self.output().splitlines() if line[:1] == "{"]
+        """Its JSON log lines, optionally only those of one event (a line still being
+        written, while it runs, is left for the next call)."""
+        text = self.output()
+        text = text[: text.rfind("\n") + 1]
+        lines = [json.loads(line) for line in text.splitlines() if line[:1] == "{"]
         return [r for r in lines if event is None or r.get("event") == event]
 
     def cpu_seconds(self) -> float:
@@ -62,6 +65,10 @@ class GatewayProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def worker_pids(self) -> dict[str, int]:
+        """With --workers: the pid of each worker id now (the latest started)."""
+        return {r["worker"]: r["pid"] for r in self.records("worker_started")}
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20) -> int:
         if self.alive():
@@ -80,11 +87,13 @@ def start_gateway_process(
     *,
     open_files: tuple[int, int] | None = None,
     raw: dict[str, Any] | None = None,
+    workers: int | None = None,
     **server: Any,
 ) -> GatewayProcess:
     """Starts `serve` on a free port with the suite's configuration (`server` overrides
-    `server:`; or `raw`, a whole configuration) and `open_files` as its RLIMIT_NOFILE
-    (soft, hard); returns once /readyz answers 200."""
+    `server:`; or `raw`, a whole configuration), `open_files` as its RLIMIT_NOFILE (soft,
+    hard) and `--workers` if given; returns once /readyz answers 200 (and every worker
+    listens)."""
     port = free_port()
     config = raw or config_dict(upstream_url, **server)
     config["server"].update(port=port)
@@ -102,6 +111,7 @@ def start_gateway_process(
             [
                 *(sys.executable, "-m", "gateway", "serve", "--config", str(path)),
                 *("--pid-file", str(pid_file)),
+                *(() if workers is None else ("--workers", str(workers))),
             ],
             cwd=ROOT,
             env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"},
@@ -114,6 +124,10 @@ def start_gateway_process(
     while raw_request(port, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").status != 200:
         assert running.alive(), running.output()
         assert time.monotonic() < deadline, f"the gateway never became ready:\n{running.output()}"
+        time.sleep(0.05)
+    while workers is not None and len(running.records("listening")) < workers:
+        assert running.alive(), running.output()
+        assert time.monotonic() < deadline, f"not every worker listened:\n{running.output()}"
         time.sleep(0.05)
     return running
 

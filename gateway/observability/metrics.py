@@ -12,18 +12,21 @@ Label values come only from configured names (team, model, upstream) or fixed vo
 (status code, limit kind, verdict, reason), never from client input: a request for an
 unknown model is counted under model "none". Cardinality is bounded by the configuration.
 
-The gateway serves from one process (scale with replicas, each scraped on its own), so the
-registry is per process and needs no multiprocess mode.
+The registry is the process's. A replica served by several worker processes (`serve
+--workers N`) answers a scrape for all of them, each sample labelled `worker`: see
+`replica.py`, which `exposition()` defers to then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from gateway.observability.replica import Registry, ReplicaMetrics
 
 PREFIX = "llm_gateway"
 # Seconds: from a few ms of gateway overhead to a long generation.
@@ -37,7 +40,9 @@ class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
+        # Set in a worker process of a replica of several (supervisor.py).
+        self.replica: ReplicaMetrics | None = None
         self.requests = Counter(
             f"{PREFIX}_requests",
             "Requests answered, by team, model, upstream and HTTP status code.",
@@ -178,6 +183,8 @@ class GatewayMetrics:
         )
 
     def exposition(self) -> bytes:
+        if self.replica is not None:
+            return self.replica.exposition()
         return generate_latest(self.registry)
 
 
