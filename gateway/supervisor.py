@@ -20,8 +20,9 @@ Owns the parent and what it decides:
 - signals: SIGTERM, SIGINT and SIGQUIT are forwarded to every worker, which drains as a
   single process does; no worker is restarted any more; the parent exits once all have,
   0 if every one exited 0 (a worker still running `server.shutdown_timeout` + 11 s later
-  is killed, exit code 1). SIGHUP is forwarded to every worker, which reacts to it as a
-  single process does. The signals a single process logs and ignores are logged and
+  is killed, exit code 1). SIGHUP is forwarded to every worker, which reloads as a
+  single process does, and the parent reads the file again for the workers it starts
+  later (a replacement serves the reloaded configuration, not the first one). The signals a single process logs and ignores are logged and
   ignored by the parent too. The parent takes its signals synchronously (blocked, and
   read with sigtimedwait), so a signal can never interrupt it half-way through a fork or
   a bookkeeping step; a worker keeps them blocked until it listens, so that one sent while
@@ -76,7 +77,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway import server
 from gateway.app import build_app
 from gateway.appkeys import METRICS
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, ConfigFile, GatewayConfig, read_config_file
 from gateway.observability.logs import make_logger, where_it_failed
 from gateway.observability.metrics import PREFIX
 from gateway.observability.replica import (
@@ -85,6 +86,7 @@ from gateway.observability.replica import (
     forget_worker,
     keep_counts_in,
 )
+from gateway.reload import restart_needed
 
 # Exit code of a worker whose app failed before it listened.
 BOOT_FAILED = 3
@@ -197,22 +199,23 @@ def restart_delay(quick_deaths: int) -> float:
 
 
 def run(
-    config: GatewayConfig,
+    source: ConfigFile,
     workers: int,
     host: str,
     port: int,
     loop_factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> int:
-    """Serves `config` on host:port with `workers` worker processes until a stop signal;
-    returns the exit code. `refusal()` must have found nothing to refuse."""
-    log = make_logger(config.server)
+    """Serves the configuration `source` was read as on host:port with `workers` worker
+    processes until a stop signal; returns the exit code. `refusal()` must have found
+    nothing to refuse."""
+    log = make_logger(source.config.server)
     problem = listen_problem(host, port)
     if problem is not None:
         log.error("workers_not_started", problem=problem)
         return 1
     directory = Path(tempfile.mkdtemp(prefix="llm-gateway-metrics-"))
     try:
-        return Supervisor(config, workers, host, port, loop_factory, directory, log).run()
+        return Supervisor(source, workers, host, port, loop_factory, directory, log).run()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -235,7 +238,7 @@ class Supervisor:
 
     def __init__(
         self,
-        config: GatewayConfig,
+        source: ConfigFile,
         workers: int,
         host: str,
         port: int,
@@ -243,7 +246,11 @@ class Supervisor:
         directory: Path,
         log: FilteringBoundLogger,
     ) -> None:
-        self.config = config
+        # What a worker started now serves: the file as the last SIGHUP found it, so that a
+        # replacement for a worker that died after a reload does not bring back the old
+        # configuration (each running worker reads the file itself on the SIGHUP; see
+        # `reload`).
+        self.source = source
         self.host = host
         self.port = port
         self.loop_factory = loop_factory
@@ -263,6 +270,10 @@ class Supervisor:
         for slot in self.slots:
             self.restarts.labels(slot.worker)  # a series from the start, at 0
         self._mask: set[int] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.source.config
 
     def run(self) -> int:
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
@@ -286,6 +297,7 @@ class Supervisor:
                     self._stop(signal.Signals(info.si_signo))
                 elif info.si_signo == signal.SIGHUP:
                     self._forward(signal.SIGHUP)
+                    self._reread()
                 else:
                     self.log.warning("signal_ignored", signal=_name(info.si_signo))
             self.log.info("workers_stopped", exit_code=self.exit_code)
@@ -392,6 +404,23 @@ class Supervisor:
             _signal(slot, sig)
         self.log.info("signal_forwarded", signal=sig.name, workers=[s.worker for s in running])
 
+    def _reread(self) -> None:
+        """After a SIGHUP: the file again, for the workers started from now on, if the
+        workers could put it in force (valid, and nothing that needs a restart changed);
+        otherwise they keep the running one and so does the parent. Each worker logs the
+        problems itself; the parent notes only which configuration it starts workers on."""
+        try:
+            new = read_config_file(self.source.path)
+        except ConfigError as exc:
+            self.log.warning("workers_config_kept", problems=len(exc.problems))
+            return
+        problems = restart_needed(self.config, new.config)
+        if problems:
+            self.log.warning("workers_config_kept", problems=len(problems))
+            return
+        self.source = new
+        self.log.info("workers_config_reread", sha256=new.sha256)
+
     # ------------------------------------------------------------------ in the worker
 
     def _worker(self, worker: str, parent: int) -> int:
@@ -410,7 +439,7 @@ class Supervisor:
             if not _die_with(parent):
                 return 1
             keep_counts_in(self.directory, worker)
-            app = build_app(self.config, worker=worker)
+            app = build_app(self.source, worker=worker)
             replica = ReplicaMetrics(self.directory, worker, app[METRICS].registry, log)
             app[METRICS].replica = replica
             app.cleanup_ctx.append(replica.publishing)
