@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     NoScriptError,
     RedisError,
@@ -73,6 +75,9 @@ from gateway.limiter.base import LimiterUnavailable
 
 # Consecutive missed deadlines that mark a node unavailable.
 _TIMEOUTS_TO_OPEN = 3
+# Connections to one node at most (redis-py's default): each carries one call at a time,
+# for about a round trip, so a hundred serve tens of thousands of calls a second.
+_CONNECTIONS_PER_NODE = 100
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 _DEFAULT_PORT = 6379
@@ -185,12 +190,13 @@ class ClockOffset:
 class RedisNode:
     """One Redis server: its pool (connections open on first use), breaker and clock."""
 
-    __slots__ = ("address", "consecutive_failures", "down_until", "offset", "pool")
+    __slots__ = ("_waiters", "address", "consecutive_failures", "down_until", "offset", "pool")
 
     def __init__(self, address: str, url: str, timeout: float) -> None:
         self.address = address
         self.pool: ConnectionPool = ConnectionPool.from_url(
             url,
+            max_connections=_CONNECTIONS_PER_NODE,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # With maintenance notifications on ("auto" by default), redis-py's pool skips
@@ -201,6 +207,39 @@ class RedisNode:
         self.offset = ClockOffset()
         self.down_until = 0.0
         self.consecutive_failures = 0
+        # Callers waiting for a connection while all are in use, in order of asking.
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def connection(self) -> Any:
+        """A pooled connection; while all are in use, the next one given back. redis-py's
+        pool raises instead (MaxConnectionsError, a ConnectionError), which would open the
+        breaker on any burst of more simultaneous calls than connections; its blocking
+        variant waits, but costs a lock on every call. Here only a caller that finds none
+        pays for waiting, and its own deadline bounds the wait."""
+        while True:
+            try:
+                return await self.pool.get_connection()  # type: ignore[no-untyped-call]
+            except MaxConnectionsError:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake()  # woken, then cancelled: the turn goes to the next
+                    raise
+
+    async def release(self, connection: Any) -> None:
+        await self.pool.release(connection)
+        if self._waiters:
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 class _NotRun(Exception):
@@ -525,7 +564,7 @@ async def _exchange(
     redis-py's client layers (retries, events, observability hooks, and the cluster
     client's topology handling), which cost more CPU than the round trip itself; the
     connection, its hiredis parser and the pool are redis-py's."""
-    connection = await node.pool.get_connection()  # type: ignore[no-untyped-call]
+    connection = await node.connection()
     try:
         if asking:  # allows the next command only
             await connection.send_command("ASKING")
@@ -549,4 +588,4 @@ async def _exchange(
         await connection.disconnect(nowait=True)
         raise
     finally:
-        await node.pool.release(connection)
+        await node.release(connection)
