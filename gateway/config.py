@@ -35,6 +35,7 @@ from pydantic import (
 
 from gateway.dialects.base import CONTRACT_PARAMETERS
 from gateway.errors import field_path
+from gateway.limiter.nodes import RedisTarget
 from gateway.policies import Policy, compose, load_policy_files
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
@@ -291,6 +292,8 @@ class RateLimitConfig(BaseModel):
     model_config = _FROZEN
 
     # Redis shared by all replicas; without it, limits are kept in this process only.
+    # One server (redis://, rediss://, unix://) or a Redis Cluster
+    # (redis+cluster://host:port[,host:port...], rediss+cluster:// for TLS).
     redis_url: str | None = None
     # What to do when Redis cannot answer in time: admit ("open") or refuse with 503.
     failure_mode: Literal["open", "closed"] = "open"
@@ -303,6 +306,13 @@ class RateLimitConfig(BaseModel):
     # Completion tokens reserved for a request that sets no max_tokens.
     default_max_tokens: Annotated[int, Field(ge=1)] = 1024
     key_prefix: Name = "llmgw"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_target(cls, url: str | None) -> str | None:
+        if url is not None:
+            RedisTarget.parse(url)  # its ValueError says what is wrong
+        return url
 
 
 class AuthFailureConfig(BaseModel):

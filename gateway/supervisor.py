@@ -18,16 +18,17 @@ Owns the parent and what it decides:
   first generation that fails before it listens (its app cannot start) stops the whole
   replica with exit code 1: what fails at the first start fails at every restart.
 - signals: SIGTERM, SIGINT and SIGQUIT are forwarded to every worker, which drains as a
-  single process does; no worker is restarted any more; the parent exits once all have,
-  0 if every one exited 0 (a worker still running `server.shutdown_timeout` + 11 s later
-  is killed, exit code 1). SIGHUP is forwarded to every worker, which reloads as a
-  single process does, and the parent reads the file again for the workers it starts
-  later (a replacement serves the reloaded configuration, not the first one). The signals a single process logs and ignores are logged and
-  ignored by the parent too. The parent takes its signals synchronously (blocked, and
-  read with sigtimedwait), so a signal can never interrupt it half-way through a fork or
-  a bookkeeping step; a worker keeps them blocked until it listens, so that one sent while
-  it starts waits for its handlers instead of killing it. A worker gets SIGTERM (a drain)
-  if the parent dies (PR_SET_PDEATHSIG): none outlives it holding the port.
+  single process does; no worker is restarted any more; the parent exits once all have, 0
+  if every one exited 0 (a worker still running `server.shutdown_timeout` + 11 s later is
+  killed, exit code 1). SIGHUP is forwarded to every worker, which reloads as a single
+  process does, and the parent reads the file again for the workers it starts later (a
+  replacement serves the reloaded configuration, not the first one). The signals a single
+  process logs and ignores are logged and ignored by the parent too. The parent takes its
+  signals synchronously (blocked, and read with sigtimedwait), so a signal can never
+  interrupt it half-way through a fork or a bookkeeping step; a worker keeps them blocked
+  until it listens, so that one sent while it starts waits for its handlers instead of
+  killing it. A worker gets SIGTERM (a drain) if the parent dies (PR_SET_PDEATHSIG): none
+  outlives it holding the port.
 
 How the port is shared: every worker binds its own listening socket with SO_REUSEPORT,
 and the kernel spreads new connections over the sockets by a hash of their addresses.

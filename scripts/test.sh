@@ -4,10 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  # Rate-limit tests run a real redis-server on a loopback port.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  # Rate-limit tests run a real redis-server on a loopback port, and a Redis Cluster of six,
+  # which redis-cli (package redis-tools) creates.
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
 echo "== ruff check";        .venv/bin/ruff check gateway tests scripts

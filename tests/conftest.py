@@ -448,3 +448,193 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
     yield start
     for proxy in proxies:
         await proxy.close()
+
+
+# ---------------------------------------------------------------- a real Redis Cluster
+# Six redis-server processes on loopback as one Redis Cluster (branch `cluster`).
+
+# What a cluster node adds to RedisProcess's command line (redis-server takes the last value
+# of an option): a node timeout short enough for a failover within seconds; replicas that
+# sync at once (not after the default 5 s diskless delay) and may be promoted whatever
+# their lag (an idle test cluster has no data worth waiting for); and masters that keep
+# serving their own slots while another master's are uncovered, as a rate-limit cluster
+# should be run (see the README).
+CLUSTER_NODE_TIMEOUT_MS = 1000
+_CLUSTER_OPTIONS = (
+    "--cluster-enabled yes --cluster-config-file nodes.conf"
+    f" --cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}"
+    " --cluster-require-full-coverage no --cluster-replica-validity-factor 0"
+    " --repl-diskless-sync-delay 0"
+)
+
+
+def resp_text(reply: bytes) -> str:
+    """The text of a RESP bulk-string reply (INFO, CLUSTER NODES, CLUSTER INFO)."""
+    assert reply.startswith(b"$"), reply
+    length, _, rest = reply[1:].partition(b"\r\n")
+    return rest[: int(length)].decode()
+
+
+@dataclass(frozen=True)
+class ClusterNodeInfo:
+    port: int
+    node_id: str
+    master: bool
+    failed: bool
+    master_id: str | None  # a replica's master
+    slots: tuple[tuple[int, int], ...]
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of real `redis-server` processes on free loopback ports: three
+    masters (slots 0-5460, 5461-10922, 10923-16383, as `redis-cli --cluster create` splits
+    them) and one replica each, without persistence (but the nodes.conf a cluster node
+    needs)."""
+
+    def __init__(self, directory: Path) -> None:
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not installed (scripts/test.sh installs it)"
+        self.cli = cli
+        self.nodes: list[RedisProcess] = []
+        for i in range(6):
+            node_dir = directory / f"node-{i}"
+            node_dir.mkdir()
+            node = RedisProcess(node_dir)
+            # The cluster bus gets a free port of its own (by default it is the node's port
+            # plus 10000, which may be taken, or past 65535).
+            options = f"{_CLUSTER_OPTIONS} --cluster-port {free_port()}"
+            wrapper = node_dir / "redis-server-cluster"
+            wrapper.write_text(f'#!/bin/sh\nexec {node.binary} "$@" {options}\n')
+            wrapper.chmod(0o755)
+            node.binary = str(wrapper)
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        """The gateway's `redis_url`: the first three nodes as the ones to start from."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [self.cli, "--cluster", "create"]
+            + [f"127.0.0.1:{node.port}" for node in self.nodes]
+            + ["--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_healthy()
+
+    def node(self, port: int) -> RedisProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def alive(self) -> list[RedisProcess]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def view(self, port: int) -> list[ClusterNodeInfo]:
+        """The cluster as the node on `port` sees it (CLUSTER NODES)."""
+        infos = []
+        for line in resp_text(self.node(port).command("CLUSTER", "NODES")).splitlines():
+            node_id, address, flags, master_id, *_, state = line.split()[:8]
+            # Slot ranges ("0-5460", "42"); "[slot->-id]" entries are migrations.
+            ranges = [part.partition("-") for part in line.split()[8:] if part[0] != "["]
+            slots = tuple((int(lo), int(hi or lo)) for lo, _, hi in ranges)
+            flag_set = set(flags.split(","))
+            infos.append(
+                ClusterNodeInfo(
+                    port=int(address.split("@")[0].rsplit(":", 1)[1]),
+                    node_id=node_id,
+                    master="master" in flag_set,
+                    failed="fail" in flag_set or state != "connected",
+                    master_id=None if master_id == "-" else master_id,
+                    slots=slots,
+                )
+            )
+        return infos
+
+    def masters(self, port: int | None = None) -> dict[int, tuple[tuple[int, int], ...]]:
+        """Port -> slot ranges of the masters serving slots, as a live node sees it."""
+        seen = self.view(port or self.alive()[0].port)
+        return {n.port: n.slots for n in seen if n.master and not n.failed and n.slots}
+
+    def master_of_slot(self, slot: int, port: int | None = None) -> int:
+        for master, ranges in self.masters(port).items():
+            if any(lo <= slot <= hi for lo, hi in ranges):
+                return master
+        raise AssertionError(f"no live master serves slot {slot}")
+
+    def replica_of(self, master_port: int) -> int:
+        seen = self.view(master_port)
+        master_id = next(n.node_id for n in seen if n.port == master_port)
+        return next(n.port for n in seen if n.master_id == master_id)
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok and sees three masters covering all slots
+        and a live replica for each; every replica has synced with its master."""
+        try:
+            for node in self.alive():
+                if "cluster_state:ok" not in resp_text(node.command("CLUSTER", "INFO")):
+                    return False
+                seen = self.view(node.port)
+                masters = [n for n in seen if n.master and not n.failed and n.slots]
+                replicas = [n for n in seen if not n.master and not n.failed]
+                covered = sum(hi - lo + 1 for m in masters for lo, hi in m.slots)
+                if len(masters) != 3 or covered != 16384 or len(replicas) != 3:
+                    return False
+                if {r.master_id for r in replicas} != {m.node_id for m in masters}:
+                    return False
+                info = resp_text(node.command("INFO", "replication"))
+                if "role:slave" in info and "master_link_status:up" not in info:
+                    return False
+        except (OSError, AssertionError):
+            return False
+        return True
+
+    def wait_healthy(self, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.healthy():
+            assert time.monotonic() < deadline, "the Redis Cluster never became healthy"
+            time.sleep(0.05)
+
+    def flush(self) -> None:
+        """Empties every master (replicas follow)."""
+        for port in self.masters():
+            assert self.node(port).command("FLUSHALL").startswith(b"+OK")
+
+    def stop(self) -> None:
+        for node in self.alive():
+            node.kill()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterProcesses]:
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(shared_redis_cluster: RedisClusterProcesses) -> RedisClusterProcesses:
+    """The session's Redis Cluster, emptied for this test (and whole: a test that kills a
+    node uses `own_redis_cluster`)."""
+    assert shared_redis_cluster.healthy()
+    shared_redis_cluster.flush()
+    return shared_redis_cluster
+
+
+@pytest.fixture
+def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
+    """A Redis Cluster of this test's own, for tests that kill its nodes."""
+    cluster = RedisClusterProcesses(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

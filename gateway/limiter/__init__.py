@@ -1,2 +1,3 @@
 """Rate-limit backends: `memory` (one process, the embedded default) and `redis` (shared by
-every replica). Both make the same decisions; see `base`."""
+every replica, on one Redis server or a Redis Cluster: `nodes`). Both make the same
+decisions; see `base`."""

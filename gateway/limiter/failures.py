@@ -5,30 +5,23 @@ A window opens with an address's first failure and lasts `window_ms`. The failur
 passes `max_failures` turns it into a block of `block_ms` from that moment; failures counted
 later (by a replica that had not heard of the block yet) do not lengthen it, so a block
 ends when it said it would. Both backends decide alike. The Redis one is one atomic script
-per failure (INCR, the expiry, PTTL: one round trip), shared by every replica, with the
-rate limiter's deadline and breaker; the in-process one is also the Redis one's fallback.
+per failure (INCR, the expiry, PTTL: one round trip), shared by every replica, on one
+Redis server or a Redis Cluster, with the rate limiter's deadline, breakers and failover
+(`limiter.nodes`); the in-process one is also the Redis one's fallback.
 
 Only failures are counted, so neither backend is ever asked on behalf of a valid key.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-
 from gateway.config import AuthFailureConfig, RateLimitConfig
-from gateway.limiter.base import LimiterUnavailable
+from gateway.limiter.nodes import RedisNodes, Script
 
-# Consecutive missed deadlines that mark Redis unavailable (as the rate limiter does).
-_TIMEOUTS_TO_OPEN = 3
 # Addresses tracked in process before the first sweep of expired ones, and at most: past
 # that the oldest are forgotten (a flood of addresses cannot grow memory without bound).
 _FIRST_SWEEP = 1024
@@ -45,7 +38,7 @@ elseif n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
 end
 return {n, redis.call('PTTL', KEYS[1])}
 """
-_RECORD_SHA = hashlib.sha1(RECORD.encode(), usedforsecurity=False).hexdigest()
+_RECORD = Script.of(RECORD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +108,19 @@ class MemoryFailureCounter:
 
 
 class RedisFailureCounter:
-    """The shared count. A call that misses its deadline may still run on Redis later: it
-    then counts a failure that did happen, which is right, so no deadline is sent along."""
+    """The shared count (one server or a cluster: see `limiter.nodes`). A call that misses
+    its deadline may still run on Redis later: it then counts a failure that did happen,
+    which is right, so no deadline is sent along."""
 
     def __init__(self, config: RateLimitConfig, url: str, rule: FailureRule) -> None:
         self._rule = rule
+        self._args = (rule.window_ms, rule.block_ms, rule.max_failures)
         self._prefix = f"{config.key_prefix}:authfail:"
-        self._timeout = config.redis_timeout_ms / 1000.0
-        self._retry_interval = config.redis_retry_interval_s
-        self._down_until = 0.0
-        self._consecutive_failures = 0
-        self._pool: ConnectionPool = ConnectionPool.from_url(
-            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+        self._nodes = RedisNodes(
+            url,
+            timeout_s=config.redis_timeout_ms / 1000.0,
+            retry_interval_s=config.redis_retry_interval_s,
+            scripts=(_RECORD,),
         )
 
     def redis_key(self, key: str) -> str:
@@ -134,56 +128,15 @@ class RedisFailureCounter:
 
     async def record(self, key: str) -> FailureCount:
         """Count one failure; raises LimiterUnavailable when Redis cannot answer in time."""
-        if time.monotonic() < self._down_until:
-            raise LimiterUnavailable("Redis is marked unavailable; retrying it shortly")
-        rule = self._rule
-        args = (rule.window_ms, rule.block_ms, rule.max_failures)
-        try:
-            async with asyncio.timeout(self._timeout):
-                count, ttl_ms = await self._evalsha(self.redis_key(key), args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(refused=isinstance(exc, RedisConnectionError | OSError))
-            raise LimiterUnavailable(type(exc).__name__, may_have_run=True) from None
-        self._consecutive_failures = 0
-        self._down_until = 0.0
+        (count, ttl_ms), _ = await self._nodes.evalsha(
+            _RECORD, [self.redis_key(key)], list(self._args)
+        )
         return FailureCount(int(count), max(int(ttl_ms), 1))
 
     async def warm_up(self) -> None:
-        """Load the script before the first failure needs it; never raises."""
-        try:
-            async with asyncio.timeout(max(self._timeout, 1.0)):
-                connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                try:
-                    await connection.send_command("SCRIPT", "LOAD", RECORD)
-                    await connection.read_response()
-                finally:
-                    await self._pool.release(connection)
-        except (RedisError, OSError, TimeoutError):
-            return
+        """Load the script (on a cluster: read the slot map, and load it on every master)
+        before the first failure needs it; never raises."""
+        await self._nodes.warm_up(mark_failure=False)
 
     async def close(self) -> None:
-        await self._pool.disconnect()
-
-    def _failed(self, *, refused: bool) -> None:
-        self._consecutive_failures += 1
-        if refused or self._consecutive_failures >= _TIMEOUTS_TO_OPEN:
-            self._down_until = time.monotonic() + self._retry_interval
-
-    async def _evalsha(self, key: str, args: tuple[int, int, int]) -> list[int]:
-        """EVALSHA on a pooled connection, loading the script on NOSCRIPT (after a Redis
-        restart); a connection cancelled or failed mid-call is dropped, never reused with a
-        reply still in flight (as in `limiter.redis`)."""
-        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_command("EVALSHA", _RECORD_SHA, 1, key, *args)
-            try:
-                reply: list[int] = await connection.read_response()
-            except NoScriptError:
-                await connection.send_command("EVAL", RECORD, 1, key, *args)
-                reply = await connection.read_response()
-            return reply
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await self._pool.release(connection)
+        await self._nodes.close()

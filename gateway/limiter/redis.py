@@ -5,41 +5,34 @@ after a Redis restart) that first applies the settlements it carries, then check
 limit of the request and consumes from all of them only if all allow. Time is Redis's own
 `TIME`, so replicas with skewed clocks still share one timeline. All keys of a team share
 the hash tag `{prefix:team}`, so a call's keys live in one slot and the script runs
-unchanged on Redis Cluster. Every key carries a TTL: an idle team leaves nothing behind.
+unchanged on a Redis Cluster, on the master serving that slot (`limiter.nodes` routes it).
+Every key carries a TTL: an idle team leaves nothing behind.
 
 Every call has a hard deadline (`redis_timeout_ms`), and Redis is told about it: a deadline
 abandons the caller, not the script, which may still reach Redis later, so the admission
 script compares the deadline with Redis's `TIME` and takes nothing once it has passed. The
-deadline is converted to Redis's clock with a learnt offset (`ClockOffset`: at warm-up from
-`TIME`, then from the `now` every script reply carries), never by trusting this host's
-wall clock to agree with Redis's; until an offset is known no deadline is sent. A caller
-that gave up cannot know whether its script ran in time (its answer may be what was late),
-so the rate-limit stage gives the lease back anyway; settlement is idempotent (tickets,
-see `base`), which makes that, and sending any settlement twice, safe.
+deadline is converted to the clock of the server the call goes to with an offset learnt
+from that server (`ClockOffset`: at warm-up from `TIME`, then from the `now` every script
+reply carries), never by trusting this host's wall clock to agree with Redis's; until an
+offset is known no deadline is sent. A caller that gave up cannot know whether its script
+ran in time (its answer may be what was late), so the rate-limit stage gives the lease back
+anyway; settlement is idempotent (tickets, see `base`), which makes that, and sending any
+settlement twice, safe.
 
-When Redis refuses connections, or misses the deadline three times in a row, the backend
-reports itself unavailable without calling Redis for `redis_retry_interval_s`, then lets
-calls probe again: a dead Redis costs at most one deadline per interval, and the limiter
-recovers by itself when Redis is back. A single missed deadline does not open the breaker:
-under a burst the gateway's own event loop can be late, and one slow answer is no reason to
-stop limiting everyone.
+When a Redis server refuses connections, or misses the deadline three times in a row, calls
+that would go to it fail at once (LimiterUnavailable) for `redis_retry_interval_s`, then
+probe it again: a dead Redis costs at most one deadline per interval, and the limiter
+recovers by itself when Redis is back (on a cluster: or when a replica has been promoted
+in its place). A single missed deadline does not open the breaker: under a burst the
+gateway's own event loop can be late, and one slow answer is no reason to stop limiting
+everyone. See `limiter.nodes` for the servers, their breakers and a cluster's failover.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.config import RateLimitConfig
 from gateway.limiter.base import (
@@ -50,9 +43,8 @@ from gateway.limiter.base import (
     LimitKind,
     Settlement,
 )
-
-# Consecutive missed deadlines that mark Redis unavailable.
-_TIMEOUTS_TO_OPEN = 3
+from gateway.limiter.nodes import ClockOffset as ClockOffset  # the tests' name for it
+from gateway.limiter.nodes import RedisNodes, Script
 
 _NOW = f"""
 local clock = redis.call('TIME')
@@ -214,48 +206,6 @@ return math.max(math.floor((period - math.max(tat - now, 0) + slack) / interval)
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def of(cls, source: str) -> _Script:
-        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
-
-
-class ClockOffset:
-    """Redis's clock minus this process's monotonic clock, in ms: a lower bound, learnt
-    from replies. Redis read its clock before its answer arrived, so an answer saying
-    Redis's time was R (rounded down), received at local time t, proves offset >= R - t.
-    A deadline converted with a lower bound falls, in Redis time, no later than the
-    caller's own, which is the side that keeps a late script from taking anything.
-
-    The largest bound of the current and the previous window is used, so a tight sample
-    counts for a while, and a Redis clock that steps back or drifts is followed within
-    two windows."""
-
-    def __init__(self, window_s: float = 30.0) -> None:
-        self._window_s = window_s
-        self._current = -math.inf
-        self._previous = -math.inf
-        self._window_ends = -math.inf
-
-    def observe(self, redis_ms: float, received_s: float) -> None:
-        sample = redis_ms - received_s * 1000.0
-        if received_s >= self._window_ends:
-            stale = received_s >= self._window_ends + self._window_s
-            self._previous = -math.inf if stale else self._current
-            self._current = sample
-            self._window_ends = received_s + self._window_s
-        elif sample > self._current:
-            self._current = sample
-
-    def lower_bound(self) -> float | None:
-        best = max(self._current, self._previous)
-        return None if best == -math.inf else best
-
-
 class _Call:
     """Keys and arguments of one LIMIT call; each key is sent once, named by its position."""
 
@@ -286,22 +236,14 @@ class _Call:
 class RedisLimiter:
     def __init__(self, config: RateLimitConfig, url: str) -> None:
         self._timeout = config.redis_timeout_ms / 1000.0
-        self._retry_interval = config.redis_retry_interval_s
-        self._down_until = 0.0
-        self._consecutive_failures = 0
-        self._pool: ConnectionPool = ConnectionPool.from_url(
+        self._limit = Script.of(LIMIT)
+        self._peek = Script.of(PEEK)
+        self._nodes = RedisNodes(
             url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            # With maintenance notifications on ("auto" by default), redis-py's pool skips
-            # its check that a pooled connection is still open: after a Redis restart the
-            # first call on each old connection would fail and open the breaker.
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            timeout_s=self._timeout,
+            retry_interval_s=config.redis_retry_interval_s,
+            scripts=(self._limit, self._peek),
         )
-        self._client = aioredis.Redis(connection_pool=self._pool)
-        self._offset = ClockOffset()
-        self._limit = _Script.of(LIMIT)
-        self._peek = _Script.of(PEEK)
 
     @property
     def call_deadline_s(self) -> float:
@@ -345,93 +287,40 @@ class RedisLimiter:
 
     async def in_flight(self, key: str) -> int:
         now_ms = int(time.time() * 1000)
-        count: int = await self._client.zcount(key, now_ms, "+inf")
+        count: int = await self._nodes.command(key, "ZCOUNT", key, now_ms, "+inf")
         return count
 
     async def remaining(self, check: LimitCheck) -> int:
-        left: int = await self._call(self._peek, [check.key], [check.limit, check.period_ms])
-        return left
+        left, _ = await self._nodes.evalsha(self._peek, [check.key], [check.limit, check.period_ms])
+        return int(left)
 
     async def warm_up(self) -> None:
-        """Open a connection, load the scripts and learn Redis's clock before traffic
-        arrives, so the first requests do not pay for them and get a deadline; a Redis that
-        is down now is handled per request."""
-        try:
-            async with asyncio.timeout(max(self._timeout, 1.0)):
-                for script in (self._limit, self._peek):
-                    await self._client.script_load(script.source)
-                seconds, micros = await self._client.time()
-                self._offset.observe(seconds * 1000 + micros // 1000, time.monotonic())
-        except (RedisError, OSError, TimeoutError):
-            # Down from the start: say so (readiness shows it) until a call probes again.
-            self._failed(refused=True)
+        """Connect, load the scripts and learn Redis's clock (on a cluster: read the slot
+        map, then that on every master) before traffic arrives, so the first requests do
+        not pay for them and get a deadline. Never raises: a Redis that is down now is
+        marked unavailable (readiness shows it) until a call probes it again."""
+        await self._nodes.warm_up(mark_failure=True)
 
     async def close(self) -> None:
-        await self._client.aclose()
-        # The client does not own a pool it was given: close the pool's connections too.
-        await self._pool.disconnect()
+        await self._nodes.close()
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        """Every Redis server that calls go to (each master of a cluster) is believed up."""
+        return self._nodes.available
 
     async def _run(self, call: _Call, *, with_deadline: bool) -> list[Any]:
-        """One LIMIT call: with the deadline in Redis's time when asked for and known; the
-        reply's `now` teaches the clock offset."""
-        if with_deadline and (offset := self._offset.lower_bound()) is not None:
-            call.args[0] = math.floor((time.monotonic() + self._timeout) * 1000 + offset)
-        flat: list[Any] = await self._call(self._limit, call.keys, call.args)
-        self._offset.observe(flat[0], time.monotonic())
+        """One LIMIT call: with the deadline, in the clock of the node it goes to, when
+        asked for and known; the reply's `now` teaches that node's clock offset."""
+        deadline = time.monotonic() + self._timeout if with_deadline else None
+        reply, node = await self._nodes.evalsha(
+            self._limit, call.keys, call.args, deadline=deadline
+        )
+        flat: list[Any] = reply
+        node.offset.observe(flat[0], time.monotonic())
         if flat[1] == 0:
             # Redis ran it after the deadline and took nothing; our offset was loose (the
             # reply has just tightened it). As good as a timeout for the caller.
-            self._failed(refused=False)
+            self._nodes.failed(node, refused=False)
             raise LimiterUnavailable("Redis ran the call after its deadline")
         return flat
-
-    async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        if time.monotonic() < self._down_until:
-            raise LimiterUnavailable("Redis is marked unavailable; retrying it shortly")
-        try:
-            async with asyncio.timeout(self._timeout):
-                result = await self._evalsha(script, keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            # A refused connection opens the breaker at once; a missed deadline only after
-            # _TIMEOUTS_TO_OPEN in a row (TimeoutError is an OSError: tell them apart).
-            refused = isinstance(exc, RedisConnectionError | OSError) and not isinstance(
-                exc, TimeoutError
-            )
-            self._failed(refused=refused)
-            # Sent or not, we cannot tell: Redis may run it, or have run it, anyway.
-            raise LimiterUnavailable(type(exc).__name__, may_have_run=True) from None
-        self._consecutive_failures = 0
-        self._down_until = 0.0
-        return result
-
-    def _failed(self, *, refused: bool) -> None:
-        self._consecutive_failures += 1
-        if refused or self._consecutive_failures >= _TIMEOUTS_TO_OPEN:
-            self._down_until = time.monotonic() + self._retry_interval
-
-    async def _evalsha(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA on a pooled connection, loading the script on NOSCRIPT (after a Redis
-        restart or SCRIPT FLUSH). This skips redis-py's client layer (retries, events,
-        observability hooks), which costs more CPU than the round trip itself; the
-        connection, its hiredis parser and the pool are redis-py's."""
-        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                return await connection.read_response()
-            except NoScriptError:
-                await connection.send_command("SCRIPT", "LOAD", script.source)
-                await connection.read_response()
-                await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return await connection.read_response()
-        except BaseException:
-            # Cancelled or failed mid-call: a reply may still be in flight on this
-            # connection, and the next caller must never read it as its own.
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await self._pool.release(connection)
