@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import posixpath
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from tests.deploy.dockerfile import final_stage
 from tests.deploy.kubernetes import HASHED, config_maps, only, render
 
 IMAGE = final_stage()
+# The image the base deploys is the one this checkout builds (an overlay renames it).
+VERSION = metadata.version("llm-gateway")
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -36,6 +39,8 @@ def pod_problems(docs: list[dict[str, Any]]) -> list[str]:
     [container] = pod["containers"]
     ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
 
+    if container.get("image") != f"llm-gateway:{VERSION}":
+        problems.append(f"image: {container.get('image')}, not this version's ({VERSION})")
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container.get(probe, {}).get("httpGet", {})
         if get.get("path") != path or get.get("port") not in (*ports, *ports.values()):
@@ -220,6 +225,10 @@ def no_dns(docs: list[dict[str, Any]]) -> None:
 
 
 BROKEN: dict[str, tuple[Callable[[list[dict[str, Any]]], object], str]] = {
+    "another version": (
+        lambda d: container(d).update(image="llm-gateway:0.0.9"),
+        "not this version's",
+    ),
     "no resources": (lambda d: container(d).pop("resources"), "resources: no requests"),
     "no limits": (lambda d: container(d)["resources"].pop("limits"), "resources: no limits"),
     "readiness on healthz": (
