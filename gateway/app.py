@@ -1,12 +1,28 @@
-"""Application assembly: `build_app(config)` wires the shared parts (upstream session,
-limiter, health, metrics), builds the request paths as ordered lists of stages, once, and
-adds the routes; `request_middleware` gives every request its id and exchange, refuses
-compressed bodies from their headers, answers aiohttp's own refusals in the OpenAI shape
-and writes one access line per request. The connections themselves (timeouts, cap,
-malformed HTTP) are `connections.py`'s."""
+"""Application assembly, in two parts that live differently.
+
+`build_app(config)` makes the application and what lives as long as the process, whatever
+reloads happen (`reload.SharedParts`, completed at start-up by the upstream session, which
+needs the running loop): the loggers and the audit trail, the metrics, the background
+tasks, the live streams, the rate-limit backend and its unconfirmed settlements, passive
+health, the failed-authentication limits, the retry budget, the connection pools, the key
+expiry log. It adds the routes once; their handlers run the paths in force, read per
+request from one holder (`reload.PATHS`). `request_middleware` gives every request its id
+and exchange, refuses compressed bodies from their headers, answers aiohttp's own refusals
+in the OpenAI shape and writes one access line per request.
+
+`build_paths(shared, config, ...)` makes one generation of the request paths from a
+configuration: the ordered stage lists of the three API endpoints, with everything the
+stages derive from the configuration (keys, routes, policies, limits, upstream endpoints),
+each stage holding only shared parts besides. It runs once at start-up and then, off the
+event loop, at every reload (`reload.Reloader`), which calls `adopt` on the loop to fit the
+shared parts to the new configuration just before it swaps the holder.
+
+The connections themselves (timeouts, cap, malformed HTTP) are `connections.py`'s.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -19,7 +35,6 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway import handlers
 from gateway.appkeys import (
-    CHAT,
     CONFIG,
     EXCHANGE,
     HEALTH,
@@ -27,13 +42,14 @@ from gateway.appkeys import (
     LIVE_STREAMS,
     LOG,
     METRICS,
-    MODEL_INFO,
-    MODEL_LIST,
+    PATHS,
+    RELOADER,
+    RETRY_BUDGET,
+    SHARED,
     TASKS,
-    UPSTREAMS,
 )
 from gateway.auth_failures import AuthFailureLimit
-from gateway.config import GatewayConfig
+from gateway.config import ConfigFile, GatewayConfig
 from gateway.connections import MAX_HEADER_LINE, MAX_REQUEST_LINE, SERVER_NAME
 from gateway.errors import (
     GatewayError,
@@ -51,13 +67,14 @@ from gateway.observability.logs import make_audit_logger, make_logger, where_it_
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
 from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
+from gateway.reload import Paths, PathsHolder, Reloader, SharedParts
 from gateway.stages.audit import Audit
 from gateway.stages.auth import Authenticator
 from gateway.stages.context_length import ContextLength
 from gateway.stages.metrics import Metrics
 from gateway.stages.models import ModelInfo, ModelList
 from gateway.stages.policy import PolicyStage
-from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.ratelimit import RateLimitStage, Settlements
 from gateway.stages.relay import LiveStreams, Relay
 from gateway.stages.route import Router
 from gateway.stages.safety import AnswerCheck, SafetyCheck, SafetyModel
@@ -65,9 +82,11 @@ from gateway.stages.translate import Translator
 from gateway.stages.upstream import CallUpstream
 from gateway.stages.validate import Validator
 from gateway.tasks import BackgroundTasks
+from gateway.teams import KeyExpiryLog, team_keys, teams_of
 from gateway.upstream.caller import UpstreamCaller
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import UpstreamClient, connection_pools
 from gateway.upstream.health import HealthBook
+from gateway.upstream.retry import RetryBudget
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
@@ -75,13 +94,16 @@ _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 
 
 def build_app(
-    config: GatewayConfig,
+    config: GatewayConfig | ConfigFile,
     *,
     log_stream: TextIO | None = None,
     limiter: LimiterBackend | None = None,
 ) -> web.Application:
-    """The gateway application; `limiter` replaces the backend the config names (tests
-    pass one with a fake clock)."""
+    """The gateway application. Given the `ConfigFile` it was read from, it can reload it
+    (see `reload`); given a configuration alone, it cannot. `limiter` replaces the backend
+    the config names (tests pass one with a fake clock)."""
+    source = config if isinstance(config, ConfigFile) else None
+    config = config.config if isinstance(config, ConfigFile) else config
     app = web.Application(
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -102,18 +124,20 @@ def build_app(
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIVE_STREAMS] = LiveStreams()
     app[LIMITER] = limiter or _limiter_backend(config)
-    app[HEALTH] = HealthBook(
-        config.health,
-        {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()},
-    )
+    app[HEALTH] = HealthBook(config.health, _upstreams_of_models(config))
     app[METRICS].registry.register(UpstreamHealthCollector(app[HEALTH].in_service))
     app[_AUTH_FAILURES] = AuthFailureLimit(config, app[METRICS], app[LOG])
+    app[RETRY_BUDGET] = RetryBudget(config.retries)
+    paths = app[PATHS] = PathsHolder()
+    app[RELOADER] = Reloader(paths, source, app[METRICS], app[LOG], app[TASKS])
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background_work)
     app.cleanup_ctx.append(_auth_failure_counter)
-    app.router.add_post("/v1/chat/completions", handlers.run(CHAT))
-    app.router.add_get("/v1/models", handlers.run(MODEL_LIST))
-    app.router.add_get("/v1/models/{model:.+}", handlers.run(MODEL_INFO))
+    # The routes are fixed; the paths they run are whichever generation is in force when
+    # a request starts (one attribute read), and stay that request's to its end.
+    app.router.add_post("/v1/chat/completions", handlers.run(paths, _chat))
+    app.router.add_get("/v1/models", handlers.run(paths, _model_list))
+    app.router.add_get("/v1/models/{model:.+}", handlers.run(paths, _model_info))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -121,14 +145,34 @@ def build_app(
     return app
 
 
-def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
-    """The request paths, in order. Every path starts with the audit and the metrics, so
-    they leave last and see how the request ended; moving a stage is moving its line."""
-    config = app[CONFIG]
-    auth = Authenticator(config, app[_AUTH_FAILURES])
+def _chat(paths: Paths) -> Pipeline:
+    return paths.chat
+
+
+def _model_list(paths: Paths) -> Pipeline:
+    return paths.model_list
+
+
+def _model_info(paths: Paths) -> Pipeline:
+    return paths.model_info
+
+
+def build_paths(
+    shared: SharedParts, config: GatewayConfig, generation: int, sha256: str | None
+) -> Paths:
+    """One generation of the request paths, in order. Every path starts with the audit and
+    the metrics, so they leave last and see how the request ended; moving a stage is moving
+    its line. Changes no shared part: a reload runs it in a thread."""
+    client = UpstreamClient(config, shared.session, shared.pools)
+    caller = UpstreamCaller(
+        client, shared.health, config.retries, shared.metrics, budget=shared.retry_budget
+    )
+    teams = teams_of(config)
+    keys = team_keys(config, teams)
+    auth = Authenticator(config, shared.auth_failures, keys)
     router = Router(config)
-    safety = SafetyModel(router, caller, app[METRICS])
-    audit, metrics = Audit(app[_AUDIT_LOG]), Metrics(app[METRICS])
+    safety = SafetyModel(router, caller, shared.metrics)
+    audit, metrics = Audit(shared.audit_log), Metrics(shared.metrics)
     chat: list[Stage] = [
         audit,
         metrics,
@@ -138,15 +182,39 @@ def _build_paths(app: web.Application, caller: UpstreamCaller) -> None:
         PolicyStage(config),
         ContextLength(),
         Translator(),
-        RateLimitStage(config, app[LIMITER], app[TASKS], app[LOG], app[METRICS]),
+        RateLimitStage(
+            config, shared.limiter, shared.tasks, shared.log, shared.metrics, shared.settlements
+        ),
         SafetyCheck(safety),
         CallUpstream(caller),
         AnswerCheck(safety),
-        Relay(app[LIVE_STREAMS]),
+        Relay(shared.live_streams),
     ]
-    app[CHAT] = Pipeline(chat, app[LOG])
-    app[MODEL_LIST] = Pipeline([audit, metrics, auth, ModelList(router)], app[LOG])
-    app[MODEL_INFO] = Pipeline([audit, metrics, auth, ModelInfo(router)], app[LOG])
+    return Paths(
+        generation=generation,
+        config=config,
+        sha256=sha256,
+        chat=Pipeline(chat, shared.log),
+        model_list=Pipeline([audit, metrics, auth, ModelList(router)], shared.log),
+        model_info=Pipeline([audit, metrics, auth, ModelInfo(router)], shared.log),
+        keys=tuple(keys),
+    )
+
+
+def adopt(shared: SharedParts, paths: Paths) -> None:
+    """Fits the shared parts to the configuration of `paths`, about to be put in force (on
+    the event loop, just before the swap). What a reload may not change is refused before
+    this (`reload.restart_needed`)."""
+    config = paths.config
+    shared.health.remodel(config.health, _upstreams_of_models(config))
+    shared.retry_budget.configure(config.retries)
+    for name, upstream in config.upstreams.items():
+        shared.pools[name].timeout = upstream.pool_timeout
+    shared.key_expiry.watch(paths.keys)
+
+
+def _upstreams_of_models(config: GatewayConfig) -> dict[str, list[str]]:
+    return {name: [t.upstream for t in model.upstreams] for name, model in config.models.items()}
 
 
 def _limiter_backend(config: GatewayConfig) -> LimiterBackend:
@@ -183,12 +251,27 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent",),
         auto_decompress=True,
     )
-    app[UPSTREAMS] = UpstreamCaller(
-        UpstreamClient(config, session), app[HEALTH], config.retries, app[METRICS]
+    shared = app[SHARED] = SharedParts(
+        log=app[LOG],
+        audit_log=app[_AUDIT_LOG],
+        metrics=app[METRICS],
+        tasks=app[TASKS],
+        live_streams=app[LIVE_STREAMS],
+        limiter=app[LIMITER],
+        health=app[HEALTH],
+        auth_failures=app[_AUTH_FAILURES],
+        settlements=Settlements(),
+        retry_budget=app[RETRY_BUDGET],
+        pools=connection_pools(config),
+        session=session,
+        key_expiry=KeyExpiryLog(app[LOG]),
     )
     # The session needs a running loop, so the paths that call upstreams are built here.
-    _build_paths(app, app[UPSTREAMS])
+    app[RELOADER].start(
+        config, functools.partial(build_paths, shared), functools.partial(adopt, shared)
+    )
     yield
+    shared.key_expiry.close()
     await session.close()
 
 

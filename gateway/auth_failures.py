@@ -2,7 +2,7 @@
 refused with 429 `too_many_auth_failures` for a while, valid key or not.
 
 Owns the decision and what it costs. A failure (no key, a malformed header, an unknown
-key) is counted under its client address (`client_address`): in Redis when
+or expired key) is counted under its client address (`client_address`): in Redis when
 `rate_limits.redis_url` is set, so replicas share the count, else in this process. The
 failure past `auth_failures.max_failures` within `window_s` blocks the address for
 `block_s`; the process remembers the block, and from then on refuses the address's
@@ -53,8 +53,8 @@ _SWEEP_INTERVAL_S = 1.0
 class AuthFailure:
     """A refused authentication, as the audit line records it."""
 
-    # "missing" (no key), "malformed" (not `Bearer <key>`), "unknown_key", or "blocked"
-    # (refused unread: the address is blocked).
+    # "missing" (no key), "malformed" (not `Bearer <key>`), "unknown_key", "expired_key"
+    # (past its `not_after`), or "blocked" (refused unread: the address is blocked).
     reason: str
     client: str
     # The first 8 hex digits of the SHA-256 of the presented key (the hash the config's

@@ -1,21 +1,23 @@
-"""`llm-gateway` command line: serve | check-config | hash-key | fake-upstream | demo."""
+"""`llm-gateway` command line: serve | reload | check-config | hash-key | fake-upstream | demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import AnyHttpUrl
 
-from gateway import server
+from gateway import reload, server
 from gateway.app import build_app
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, ConfigFile, GatewayConfig, TeamKey, read_config_file
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
 
@@ -35,11 +37,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--config", required=True, type=Path)
     serve_cmd.add_argument("--host", help="overrides server.host")
     serve_cmd.add_argument("--port", type=int, help="overrides server.port")
+    serve_cmd.add_argument(
+        "--pid-file",
+        type=Path,
+        help=f"where to write the process id, for `reload` (default: {reload.default_pid_file()})",
+    )
+
+    reload_cmd = commands.add_parser(
+        "reload", help="make the running gateway read its configuration again (SIGHUP)"
+    )
+    reload_cmd.add_argument(
+        "--pid-file",
+        type=Path,
+        default=reload.default_pid_file(),
+        help="the pid file `serve` wrote (default: %(default)s)",
+    )
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", type=Path)
 
-    commands.add_parser("hash-key", help="make a new team key and its hash for the config")
+    hash_cmd = commands.add_parser(
+        "hash-key", help="make a new team key and its hash for the config"
+    )
+    hash_cmd.add_argument(
+        "--not-after",
+        help="the last day (2025-03-31, UTC) or moment (2025-03-31T12:00:00Z) the key works",
+    )
 
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
     fake.add_argument("--host", default="127.0.0.1")
@@ -60,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: dict[str, Callable[[argparse.Namespace], int]] = {
         "serve": _serve,
+        "reload": _reload,
         "check-config": _check_config,
         "hash-key": _hash_key,
         "fake-upstream": _fake_upstream,
@@ -69,8 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_or_explain(path: Path) -> GatewayConfig | None:
+    source = _read_or_explain(path)
+    return None if source is None else source.config
+
+
+def _read_or_explain(path: Path) -> ConfigFile | None:
     try:
-        return load_config(path)
+        return read_config_file(path)
     except ConfigError as error:
         print(f"{path}: invalid configuration", file=sys.stderr)
         for problem in error.problems:
@@ -91,19 +120,74 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _hash_key(args: argparse.Namespace) -> int:
     key = "gw-" + secrets.token_urlsafe(32)
+    digest = hash_key(key)
+    entry = f"- {digest}"
+    if args.not_after is not None:
+        try:
+            # The config's own reading of it, so that what is printed is what it accepts.
+            expiring = TeamKey(hash=digest, not_after=args.not_after)
+        except ValueError:
+            print(
+                "--not-after: expected a date (2025-03-31) or a date and time "
+                "(2025-03-31T12:00:00Z)",
+                file=sys.stderr,
+            )
+            return 2
+        assert expiring.not_after is not None and expiring.refused_from is not None
+        if expiring.refused_from <= datetime.now(UTC):
+            print("--not-after: already past; the key would never work", file=sys.stderr)
+            return 2
+        entry = f"- {{hash: {digest}, not_after: {expiring.not_after.isoformat()}}}"
     print(f"key:  {key}")
-    print(f"hash: {hash_key(key)}")
+    print(f"hash: {digest}")
+    print(f"yaml: {entry}")
     print(
-        "Give the key to the team; put only the hash in teams.<name>.key_hashes.", file=sys.stderr
+        "Give the key to the team; paste only the yaml line into teams.<name>.key_hashes, "
+        "then `llm-gateway reload`.",
+        file=sys.stderr,
     )
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load_or_explain(args.config)
-    if config is None:
+    source = _read_or_explain(args.config)
+    if source is None:
         return 2
-    _run(build_app(config), config, args.host, args.port)
+    with contextlib.ExitStack() as on_exit:
+        if not _write_pid_file(on_exit, args.pid_file):
+            return 2
+        _run(build_app(source), source.config, args.host, args.port)
+    return 0
+
+
+def _write_pid_file(on_exit: contextlib.ExitStack, asked: Path | None) -> bool:
+    """The pid file for `reload`, removed on exit. One asked for must be written; the
+    default is skipped, with a warning, when it cannot be."""
+    path = asked or reload.default_pid_file()
+    try:
+        on_exit.enter_context(reload.pid_file(path))
+    except OSError as exc:
+        if asked is not None:
+            print(f"--pid-file {path}: cannot write it: {exc.strerror}", file=sys.stderr)
+            return False
+        print(
+            f"no pid file ({path}: {exc.strerror}): `reload` will not find this gateway",
+            file=sys.stderr,
+        )
+    return True
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        pid = reload.signal_reload(args.pid_file)
+    except reload.ReloadSignalError as error:
+        print(f"llm-gateway reload: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"sent SIGHUP to process {pid}; its log says how the reload ended "
+        "(config_reloaded, or config_reload_refused with every problem), /readyz shows "
+        "config_generation"
+    )
     return 0
 
 

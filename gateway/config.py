@@ -1,4 +1,5 @@
-"""The gateway's configuration: one frozen pydantic tree, loaded once from a YAML file.
+"""The gateway's configuration: one frozen pydantic tree, loaded from a YAML file at
+start-up and again on each reload (see `reload`), which swaps in a whole new tree.
 
 Owns the schema (server, upstreams, models, teams), the cross-reference rules between them
 (a model's upstream exists, a team's model exists, aliases are unique, a key hash belongs to
@@ -9,9 +10,12 @@ exact path of the field that holds it, e.g. `teams.search.models[1]`.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +23,7 @@ import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -61,6 +66,9 @@ class EnvSecret:
 
 
 class ServerConfig(BaseModel):
+    """The process and its listener: read once at start-up, so every setting here takes
+    effect only with a restart (a reload that changes one is refused, see `reload`)."""
+
     model_config = _FROZEN
 
     host: str = "127.0.0.1"
@@ -126,13 +134,16 @@ class UpstreamTimeouts(BaseModel):
 class UpstreamConfig(BaseModel):
     model_config = _FROZEN
 
+    # Restart only (a reload that changes it is refused): the upstream's pool, health and
+    # metrics are its address's.
     base_url: AnyHttpUrl
     dialect: Literal["openai", "together", "vllm", "anthropic"] = "openai"
     # The name of the environment variable that holds this upstream's API key.
     api_key_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     # Connections the gateway opens to this upstream at most (one per request in flight
-    # to it, a stream's whole length included).
+    # to it, a stream's whole length included). Restart only: the pool and the process's
+    # open-files budget are sized for it at start-up.
     max_connections: Annotated[int, Field(ge=1)] = 100
     # The longest a request waits for one of them when all are in use (within
     # `retries.deadline_s`); then 503 `upstream_busy`. The gateway's own backpressure:
@@ -200,11 +211,70 @@ class TeamLimits(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
 
 
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")
+_PLAIN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NOT_AFTER_FORM = "expected a date (2025-03-31) or a date and time (2025-03-31T12:00:00Z)"
+
+
+class TeamKey(BaseModel):
+    """One key of a team: its hash and, optionally, the last moment it works."""
+
+    model_config = _FROZEN
+
+    hash: KeyHash
+    # A date (the key works through that day, UTC) or a date and time (UTC unless it has
+    # an offset); after it the key is refused like an unknown one. For rotations.
+    not_after: datetime | date | None = None
+
+    @field_validator("not_after", mode="before")
+    @classmethod
+    def _date_or_time(cls, value: Any) -> Any:
+        # Read here rather than by pydantic's union, which would take a quoted
+        # "2025-03-31" for that day's midnight (a day early) and report a bad value twice.
+        if isinstance(value, str):
+            try:
+                if _PLAIN_DATE.fullmatch(value):
+                    return date.fromisoformat(value)
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(_NOT_AFTER_FORM) from None
+        if isinstance(value, datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if value is None or isinstance(value, date):
+            return value
+        raise ValueError(_NOT_AFTER_FORM)
+
+    @property
+    def refused_from(self) -> datetime | None:
+        """The first instant the key is refused; None when it never is."""
+        if self.not_after is None:
+            return None
+        if isinstance(self.not_after, datetime):
+            # Datetimes count in microseconds: the first one after `not_after`.
+            return self.not_after + timedelta(microseconds=1)
+        return datetime.combine(self.not_after + timedelta(days=1), time(), tzinfo=UTC)
+
+
+def _plain_key_hash(value: Any) -> Any:
+    """`- <hex>` is short for `- {hash: <hex>}` (the form before keys could expire)."""
+    if isinstance(value, str):
+        if not _KEY_HASH.fullmatch(value):
+            raise ValueError(
+                "expected the SHA-256 hex digest of a key (64 lowercase hex digits, "
+                "from `llm-gateway hash-key`), or {hash: ..., not_after: ...}"
+            )
+        return {"hash": value}
+    return value
+
+
 class TeamConfig(BaseModel):
     model_config = _FROZEN
 
-    # SHA-256 hex digests of the team's API keys (`llm-gateway hash-key` makes them).
-    key_hashes: Annotated[list[KeyHash], Field(min_length=1)]
+    # The team's API keys as SHA-256 hex digests (`llm-gateway hash-key` makes them), each
+    # plain or as {hash, not_after}: several at once while a key is being rotated.
+    key_hashes: Annotated[
+        list[Annotated[TeamKey, BeforeValidator(_plain_key_hash)]], Field(min_length=1)
+    ]
     # Public model names (or aliases) the team may use; "*" for every model.
     models: Annotated[list[str], Field(min_length=1)]
     limits: TeamLimits = TeamLimits()
@@ -215,6 +285,9 @@ class TeamConfig(BaseModel):
 
 
 class RateLimitConfig(BaseModel):
+    """`failure_mode` and `default_max_tokens` reload; the other settings belong to the
+    backend and the failure counter, built once, and take effect only with a restart."""
+
     model_config = _FROZEN
 
     # Redis shared by all replicas; without it, limits are kept in this process only.
@@ -238,7 +311,8 @@ class AuthFailureConfig(BaseModel):
     key included (otherwise a guess that hits would still be told apart). Counted in Redis
     when `rate_limits.redis_url` is set (replicas share the count; its deadline, breaker and
     failure_mode apply), else in this process. Successful authentications never wait for
-    Redis."""
+    Redis. Read once at start-up, with the counts and blocks a reload keeps: every setting
+    here takes effect only with a restart."""
 
     model_config = _FROZEN
 
@@ -314,6 +388,7 @@ class GatewayConfig(BaseModel):
     policies_dir: str | None = None
     # Policies given inline, by name (besides those of policies_dir).
     policies: dict[Name, Policy] = {}
+    # Adding or removing an upstream takes effect only with a restart.
     upstreams: dict[Name, UpstreamConfig]
     models: dict[Name, ModelConfig]
     teams: dict[Name, TeamConfig]
@@ -359,14 +434,14 @@ def _cross_reference_problems(config: GatewayConfig) -> list[str]:
         if all(name in config.policies for name in team.policies):
             _, conflicts = compose(team.policies, config.policies)
             problems += [f"teams.{team_name}.policies: {conflict}" for conflict in conflicts]
-        for i, key_hash in enumerate(team.key_hashes):
+        for i, key in enumerate(team.key_hashes):
             where = f"teams.{team_name}.key_hashes[{i}]"
-            if key_hash in owner_of_hash:
+            if key.hash in owner_of_hash:
                 problems.append(
-                    f"{where}: the same key is already given to {owner_of_hash[key_hash]}"
+                    f"{where}: the same key is already given to {owner_of_hash[key.hash]}"
                 )
             else:
-                owner_of_hash[key_hash] = where
+                owner_of_hash[key.hash] = where
     in_use = {name for team in config.teams.values() for name in team.policies}
     for name, policy in config.policies.items():
         if name not in in_use:  # a shipped file no team applies needs nothing configured
@@ -416,12 +491,30 @@ def parse_config(
     return config
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A configuration and the file it was read from: its path and the SHA-256 of the
+    bytes that were validated (shown by /readyz, to tell which file is in force)."""
+
+    path: Path
+    sha256: str
+    config: GatewayConfig
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and validate a YAML configuration file."""
+    return read_config_file(path, environ).config
+
+
+def read_config_file(path: str | Path, environ: Mapping[str, str] | None = None) -> ConfigFile:
+    """Read a YAML configuration file once, validate it and hash what was read; raises
+    ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 (byte {exc.start})"]) from None
     try:
@@ -434,7 +527,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         position = getattr(exc, "position", None)
         where = f" at line {text[:position].count(chr(10)) + 1}" if position is not None else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
-    return parse_config(raw, environ, Path(path).resolve().parent)
+    config = parse_config(raw, environ, Path(path).resolve().parent)
+    return ConfigFile(Path(path), hashlib.sha256(data).hexdigest(), config)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import CONFIG, EXCHANGE, HEALTH, LIMITER, METRICS, UPSTREAMS
+from gateway.appkeys import EXCHANGE, HEALTH, LIMITER, METRICS, PATHS, RELOADER, SHARED
 from gateway.limiter.redis import RedisLimiter
 from gateway.pipeline import Pipeline
+from gateway.reload import Paths, PathsHolder
 
 
-def run(path: web.AppKey[Pipeline]) -> Handler:
+def run(holder: PathsHolder, path: Callable[[Paths], Pipeline]) -> Handler:
+    """The handler of an API endpoint: `path` of the generation in force."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         exchange = request[EXCHANGE]
-        await request.app[path].run(exchange)
+        # Read once: the request runs on this generation to its end, whatever reloads
+        # happen meanwhile (a stream included).
+        await path(holder.current).run(exchange)
         return exchange.reply()
 
     return handle
@@ -26,7 +33,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
-    ready = UPSTREAMS in app and app[UPSTREAMS].ready
+    paths = app[PATHS].peek()
+    ready = paths is not None and SHARED in app and not app[SHARED].session.closed
     limiter = app[LIMITER]
     # A Redis outage degrades the limiter (to its failure mode) but not readiness: the
     # gateway still answers, and restarting it would not bring Redis back.
@@ -35,10 +43,18 @@ async def readyz(request: web.Request) -> web.Response:
         if isinstance(limiter, RedisLimiter)
         else "memory"
     )
+    last = app[RELOADER].last
     return web.json_response(
         {
             "status": "ready" if ready else "starting",
-            "config_loaded": CONFIG in app,
+            "config_loaded": paths is not None,
+            # The configuration in force: its generation (1 at start-up, one more per
+            # reload put in force) and the SHA-256 of its file.
+            "config_generation": None if paths is None else paths.generation,
+            "config_sha256": None if paths is None else paths.sha256,
+            # How the latest reload ended (null before the first): ok, unchanged, invalid,
+            # restart_required or failed (then the log says why).
+            "config_last_reload": None if last is None else last.result,
             "rate_limiter": rate_limiter,
             "upstreams": app[HEALTH].snapshot(),
         },

@@ -8,10 +8,10 @@ Owns what belongs to the process rather than to a connection:
 - signals: SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) stop accepting, let
   in-flight requests finish within `server.shutdown_timeout`, end the streams still
   running then with an error event that says so (see `stages.relay.LiveStreams`), and
-  exit; SIGHUP (reload is
-  not supported yet), SIGUSR1, SIGUSR2 and the other signals whose default action would end
-  the process are logged and otherwise ignored, so that no stream is cut and no audit line
-  lost.
+  exit; SIGHUP reloads the configuration (see `reload`: in this process, so that each
+  worker of a supervisor that forwards the signal reloads itself); SIGUSR1, SIGUSR2 and the
+  other signals whose default action would end the process are logged and otherwise
+  ignored, so that no stream is cut and no audit line lost.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.appkeys import CONFIG, LIVE_STREAMS, LOG, METRICS
 from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
+from gateway.reload import request_reload
 
 # Signals that drain in-flight requests and end the process. The signals below would end
 # it at once by default, cutting streams and losing
@@ -138,7 +139,7 @@ async def _serve(app: web.Application, guard: ConnectionGuard, host: str, port: 
 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, _reload_not_supported, log)
+    loop.add_signal_handler(signal.SIGHUP, request_reload, app, "SIGHUP")
     for number, name in IGNORED_SIGNALS.items():
         loop.add_signal_handler(number, _ignored, name, log)
 
@@ -178,10 +179,6 @@ def _end_streams(app: web.Application) -> None:
     ended = app[LIVE_STREAMS].cut_all()
     if ended:
         app[LOG].warning("streams_ended_at_drain_deadline", streams=ended)
-
-
-def _reload_not_supported(log: FilteringBoundLogger) -> None:
-    log.warning("reload_not_supported", signal="SIGHUP")
 
 
 def _ignored(name: str, log: FilteringBoundLogger) -> None:

@@ -34,6 +34,9 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    # The configuration file it serves (a reload reads it again) and its pid file.
+    config: Path
+    pid_file: Path
 
     @property
     def url(self) -> str:
@@ -88,6 +91,7 @@ def start_gateway_process(
     path = directory / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     log = directory / f"gateway-{port}.log"
+    pid_file = directory / f"gateway-{port}.pid"
 
     def limit_open_files() -> None:
         assert open_files is not None
@@ -95,14 +99,17 @@ def start_gateway_process(
 
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            [
+                *(sys.executable, "-m", "gateway", "serve", "--config", str(path)),
+                *("--pid-file", str(pid_file)),
+            ],
             cwd=ROOT,
             env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"},
             stdout=sink,
             stderr=subprocess.STDOUT,
             preexec_fn=None if open_files is None else limit_open_files,
         )
-    running = GatewayProcess(process, port, log)
+    running = GatewayProcess(process, port, log, path, pid_file)
     deadline = time.monotonic() + 30
     while raw_request(port, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").status != 200:
         assert running.alive(), running.output()

@@ -106,8 +106,9 @@ class GatewayMetrics:
         # label unbounded (it is in the audit line instead).
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures",
-            "Failed authentications, by reason: missing, malformed, unknown_key (each "
-            "counted toward its address's limit) or blocked (refused, its address blocked).",
+            "Failed authentications, by reason: missing, malformed, unknown_key, "
+            "expired_key (each counted toward its address's limit) or blocked (refused, "
+            "its address blocked).",
             ["reason"],
             registry=self.registry,
         )
@@ -150,6 +151,24 @@ class GatewayMetrics:
             ["upstream"],
             registry=self.registry,
         )
+
+        self.config_generation = Gauge(
+            f"{PREFIX}_config_generation",
+            "The generation of the configuration in force: 1 at start-up, one more for "
+            "each reload that put a new configuration in force.",
+            registry=self.registry,
+        )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads",
+            "Configuration reloads, by result: ok, unchanged, invalid (refused: the file has "
+            "problems), restart_required (refused: it changes settings only a restart "
+            "applies), failed (a bug while building).",
+            ["result"],
+            registry=self.registry,
+        )
+        # Every result from the start, at 0: an alert on `invalid` sees its first one.
+        for result in ("ok", "unchanged", "invalid", "restart_required", "failed"):
+            self.config_reloads.labels(result)
 
         self.safety_verdicts = Counter(
             f"{PREFIX}_safety_verdicts",

@@ -1,9 +1,12 @@
 """Authentication stage: `Authorization: Bearer <key>` to the team that owns the key.
 
 Keys are known only as SHA-256 digests. The presented key is hashed once, looked up in a
-dict built at start-up, and the stored digest is compared again with
-`hmac.compare_digest` so the answer does not depend on how many leading bytes matched.
-Every 401 gets the same message; the key is never logged, echoed or forwarded.
+dict built once per configuration (at start-up and at each reload), and the stored digest
+is compared again with `hmac.compare_digest` so the answer does not depend on how many
+leading bytes matched. A key past its `not_after` is refused like an unknown one (one
+float comparison: the date was turned into epoch seconds with the dict, see
+`teams.team_keys`), counted and audited as `expired_key`. Every 401 gets the same
+message; the key is never logged, echoed or forwarded.
 
 A failure is counted against the client's address (`auth_failures`), which may turn it
 into a 429; once an address is blocked its requests are refused before their key is looked
@@ -17,19 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 
 from gateway.auth_failures import AuthFailure, AuthFailureLimit
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationFailed
 from gateway.pipeline import Exchange, Stage
-from gateway.teams import Team, teams_of
+from gateway.teams import FINGERPRINT_HEX, Team, TeamKey, team_keys
 
 _BEARER = "bearer "
 # Longest key worth hashing; anything longer cannot be one of ours.
 _MAX_KEY_LENGTH = 512
-# Hex digits of a key's SHA-256 that the audit line may hold: enough to tell keys apart in
-# an investigation, far too few to find a key by.
-FINGERPRINT_HEX = 8
 
 
 def hash_key(key: str) -> str:
@@ -56,14 +58,19 @@ def fingerprint(digest: bytes | None) -> str | None:
 class Authenticator(Stage):
     name = "auth"
 
-    def __init__(self, config: GatewayConfig, failures: AuthFailureLimit) -> None:
-        teams = teams_of(config)
+    def __init__(
+        self,
+        config: GatewayConfig,
+        failures: AuthFailureLimit,
+        keys: list[TeamKey] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._failures = failures
-        self._teams_by_digest: dict[bytes, Team] = {}
-        for name, team_config in config.teams.items():
-            for key_hash in team_config.key_hashes:
-                self._teams_by_digest[bytes.fromhex(key_hash)] = teams[name]
-        self._stored = {digest: digest for digest in self._teams_by_digest}
+        self._clock = clock
+        self._keys: dict[bytes, TeamKey] = {
+            key.digest: key for key in (team_keys(config) if keys is None else keys)
+        }
+        self._stored = {digest: digest for digest in self._keys}
 
     async def enter(self, exchange: Exchange) -> None:
         http = exchange.http
@@ -77,11 +84,13 @@ class Authenticator(Stage):
                 exchange.auth_failure = AuthFailure("blocked", client, fingerprint(digest))
                 raise failures.refuse_blocked(left)
         digest = presented_digest(authorization)
-        team = self.team_of(digest)
-        if team is not None:
-            exchange.team = team
+        key = self.key_of(digest)
+        if key is not None and not self._expired(key):
+            exchange.team = key.team
             return
-        if digest is not None:
+        if key is not None:
+            reason = "expired_key"
+        elif digest is not None:
             reason = "unknown_key"
         else:
             reason = "missing" if not authorization else "malformed"
@@ -89,18 +98,22 @@ class Authenticator(Stage):
         exchange.auth_failure = failure
         raise await failures.failed(failure) or _denied()
 
-    def team_of(self, digest: bytes | None) -> Team | None:
+    def key_of(self, digest: bytes | None) -> TeamKey | None:
+        """The configured key with this digest, expired or not."""
         stored = None if digest is None else self._stored.get(digest)
         if stored is None or digest is None or not hmac.compare_digest(stored, digest):
             return None
-        return self._teams_by_digest[stored]
+        return self._keys[stored]
+
+    def _expired(self, key: TeamKey) -> bool:
+        return key.refused_from is not None and self._clock() >= key.refused_from
 
     def authenticate(self, authorization: str | None) -> Team:
         """The team of an `Authorization` header, or the one 401 (nothing counted)."""
-        team = self.team_of(presented_digest(authorization))
-        if team is None:
+        key = self.key_of(presented_digest(authorization))
+        if key is None or self._expired(key):
             raise _denied()
-        return team
+        return key.team
 
 
 def _denied() -> AuthenticationFailed:

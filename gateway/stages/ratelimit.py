@@ -18,7 +18,10 @@ A settlement stays unconfirmed until a call that carried it succeeded, and rides
 call until then: a flush still in flight (or lost to a timeout) cannot let a later
 admission overtake it. Settlement is idempotent (tickets, see `limiter.base`), so carrying
 one twice is safe. A failed flush is retried; a settlement whose leases and ticket have
-expired anyway is dropped.
+expired anyway is dropped. The unconfirmed settlements live in `Settlements`, one per
+process, which every generation of this stage shares: a reload builds a new stage (new
+limits) and loses none of them, and a request admitted before it settles into the queue
+the new stage's admissions carry.
 
 An admission abandoned before its answer (deadline missed, task cancelled) may still have
 run on Redis: its lease and reservation are given back anyway, by a settlement recorded
@@ -142,6 +145,22 @@ class _Unconfirmed:
                 del self.settlements[settlement.lease_id]
 
 
+@dataclass(slots=True)
+class Settlements:
+    """The settlements no backend call has confirmed yet, by team, and the flushes that
+    deliver them: shared by the stage's generations (see the module docstring)."""
+
+    by_team: dict[str, _Unconfirmed] = field(default_factory=dict)
+    flush_scheduled: bool = False
+    last_warning: float = -math.inf
+
+    def of(self, team: str) -> _Unconfirmed:
+        unconfirmed = self.by_team.get(team)
+        if unconfirmed is None:  # a team's first request since the process (or it) began
+            unconfirmed = self.by_team[team] = _Unconfirmed()
+        return unconfirmed
+
+
 class RateLimitStage(Stage):
     """Reads: `team`, `route`, `fitted` (the reservation). Writes: `admission`; on the way
     out, settles it with what the request really used."""
@@ -155,6 +174,7 @@ class RateLimitStage(Stage):
         tasks: BackgroundTasks,
         log: FilteringBoundLogger,
         metrics: GatewayMetrics,
+        settlements: Settlements | None = None,
     ) -> None:
         self._backend = backend
         self._tasks = tasks
@@ -163,13 +183,11 @@ class RateLimitStage(Stage):
         self._default_max_tokens = config.rate_limits.default_max_tokens
         self._fail_open = config.rate_limits.failure_mode == "open"
         self._warn_interval = config.rate_limits.warn_interval_s
-        self._last_warning = -math.inf
         self._budgets: dict[tuple[str, str], _Budget] = {}
-        self._unconfirmed: dict[str, _Unconfirmed] = {}
-        self._flush_scheduled = False
+        # Not written here: a reload builds the stage off the event loop.
+        self._shared = Settlements() if settlements is None else settlements
         prefix = config.rate_limits.key_prefix
         for team_name, team in config.teams.items():
-            self._unconfirmed[team_name] = _Unconfirmed()
             for model_name, model in config.models.items():
                 # The hash tag keeps all of a team's keys in one Redis Cluster slot.
                 team_key = f"{prefix}:{{{team_name}}}"
@@ -216,7 +234,7 @@ class RateLimitStage(Stage):
         checks = [check for layer in budget.layers for check in layer.checks(tokens)]
         lease_id = secrets.token_hex(8)
         started = time.monotonic()
-        unconfirmed = self._unconfirmed[team]
+        unconfirmed = self._shared.of(team)
         carried = unconfirmed.carry(started)
         admission = Admission(
             lease_id=lease_id,
@@ -281,7 +299,7 @@ class RateLimitStage(Stage):
             self._tasks.spawn(_after(wait, settle), name="release-abandoned")
 
     def _record(self, team: str, settlement: Settlement, ttl_ms: int) -> None:
-        unconfirmed = self._unconfirmed[team]
+        unconfirmed = self._shared.of(team)
         entries = unconfirmed.settlements
         entries[settlement.lease_id] = (settlement, time.monotonic() + ttl_ms / 1000)
         if len(entries) > _MAX_UNCONFIRMED:
@@ -289,18 +307,18 @@ class RateLimitStage(Stage):
         unconfirmed.fresh += 1
         if unconfirmed.fresh >= _SETTLE_BATCH:
             self._tasks.spawn(self._flush(team), name="settle")
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
+        elif not self._shared.flush_scheduled:
+            self._shared.flush_scheduled = True
             self._tasks.spawn(self._flush_soon(), name="settle-soon")
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(_SETTLE_DELAY_S)
-        self._flush_scheduled = False
-        teams = [team for team, unconfirmed in self._unconfirmed.items() if unconfirmed.fresh]
+        self._shared.flush_scheduled = False
+        teams = [team for team, unconfirmed in self._shared.by_team.items() if unconfirmed.fresh]
         await asyncio.gather(*(self._flush(team) for team in teams))
 
     async def _flush(self, team: str) -> None:
-        unconfirmed = self._unconfirmed[team]
+        unconfirmed = self._shared.of(team)
         unconfirmed.fresh = 0
         batch = unconfirmed.carry(time.monotonic())
         if not batch:
@@ -318,7 +336,7 @@ class RateLimitStage(Stage):
 
     async def _retry(self, team: str) -> None:
         await asyncio.sleep(_RETRY_DELAY_S)
-        self._unconfirmed[team].retrying = False
+        self._shared.of(team).retrying = False
         await self._flush(team)
 
     def _unavailable(self, team: str, reason: str) -> Admission | None:
@@ -335,8 +353,8 @@ class RateLimitStage(Stage):
 
     def _warn(self, reason: str) -> None:
         now = time.monotonic()
-        if now - self._last_warning >= self._warn_interval:
-            self._last_warning = now
+        if now - self._shared.last_warning >= self._warn_interval:
+            self._shared.last_warning = now
             self._log.warning(
                 "rate_limiter_unavailable",
                 reason=reason,

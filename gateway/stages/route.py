@@ -2,11 +2,12 @@
 the one owner of "may this team use this model" (the team's `models` and its policies'
 `allowed_models`), which `/v1/models` asks too.
 
-All routes are resolved at start-up into one dict per team, so a request costs one lookup.
-A model that does not exist and a model the team may not use give the same 404: the answer
-must not reveal which models other teams have. Each route also carries its HIPAA view: the
-same model restricted to upstreams that are `hipaa_eligible` and reached over TLS, so a
-request under HIPAA can reach no other upstream, not even on a retry.
+All routes are resolved once per configuration (at start-up and at each reload) into one
+dict per team, so a request costs one lookup. A model that does not exist and a model the
+team may not use give the same 404: the answer must not reveal which models other teams
+have. Each route also carries its HIPAA view: the same model restricted to upstreams that
+are `hipaa_eligible` and reached over TLS, so a request under HIPAA can reach no other
+upstream, not even on a retry.
 
 Reads: `team`, `request` (its model). Writes: `route`.
 """
@@ -71,7 +72,7 @@ class Router(Stage):
             self._all[name] = route
             for label in (name, *model.aliases):
                 routes[label] = route
-        self._key_hashes = {h for team in config.teams.values() for h in team.key_hashes}
+        self._key_hashes = {k.hash for team in config.teams.values() for k in team.key_hashes}
         self._by_team: dict[str, dict[str, Route]] = {}
         for team_name, team in teams_of(config).items():
             listed = config.teams[team_name].models

@@ -39,6 +39,7 @@ class UpstreamCaller:
         config: RetryConfig,
         metrics: GatewayMetrics,
         rng: random.Random | None = None,
+        budget: RetryBudget | None = None,
     ) -> None:
         self._client = client
         self._health = health
@@ -46,7 +47,8 @@ class UpstreamCaller:
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrecy)
         self._balancer = Balancer(health, self._rng, lambda name: client.pools[name].has_free)
-        self.budget = RetryBudget(config)
+        # The whole process's budget: each configuration's caller is given the same one.
+        self.budget = RetryBudget(config) if budget is None else budget
 
     @property
     def ready(self) -> bool:

@@ -116,17 +116,29 @@ class _Endpoint:
     ssl: ssl.SSLContext | bool
 
 
+def connection_pools(config: GatewayConfig) -> dict[str, ConnectionPool]:
+    """The connections each upstream may have in use (see `pool`): taken by the caller for
+    an attempt and held until its answer is read or its stream closed."""
+    return {
+        name: ConnectionPool(upstream.max_connections, upstream.pool_timeout)
+        for name, upstream in config.upstreams.items()
+    }
+
+
 class UpstreamClient:
-    def __init__(self, config: GatewayConfig, session: aiohttp.ClientSession) -> None:
+    """The upstreams of one configuration. The session and the pools belong to the process:
+    a reload builds a new client (new URLs, keys, timeouts) on the same ones."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        session: aiohttp.ClientSession,
+        pools: dict[str, ConnectionPool] | None = None,
+    ) -> None:
         self._session = session
         self._server: ServerConfig = config.server
         self._endpoints: dict[str, _Endpoint] = {}
-        # The connections each upstream may have in use (see `pool`): taken by the caller
-        # for an attempt and held until its answer is read or its stream closed.
-        self.pools = {
-            name: ConnectionPool(upstream.max_connections, upstream.pool_timeout)
-            for name, upstream in config.upstreams.items()
-        }
+        self.pools = connection_pools(config) if pools is None else pools
         for name, upstream in config.upstreams.items():
             dialect = DIALECTS[upstream.dialect]
             api_key = upstream.api_key_env.value if upstream.api_key_env else None

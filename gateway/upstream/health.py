@@ -40,14 +40,22 @@ class HealthBook:
         upstreams_of_model: Mapping[str, list[str]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._config = config
         self._clock = clock
+        self.state: dict[str, UpstreamHealth] = {}
+        self.remodel(config, upstreams_of_model)
+
+    def remodel(self, config: HealthConfig, upstreams_of_model: Mapping[str, list[str]]) -> None:
+        """A new configuration's thresholds and models (a reload). Each upstream keeps its
+        state, in-flight requests and ejection included; one no model uses any more keeps
+        it too, for the requests still on their way to it."""
+        self._config = config
         self._upstreams_of_model = upstreams_of_model
         self._models_of: dict[str, list[str]] = {}
         for model, upstreams in upstreams_of_model.items():
             for name in upstreams:
                 self._models_of.setdefault(name, []).append(model)
-        self.state = {name: UpstreamHealth() for name in self._models_of}
+        for name in self._models_of:
+            self.state.setdefault(name, UpstreamHealth())
 
     def now(self) -> float:
         """The book's clock: when an attempt starts, for `record_success`/`_failure`."""
@@ -93,7 +101,7 @@ class HealthBook:
             not any(
                 other != name and self.available(other) for other in self._upstreams_of_model[m]
             )
-            for m in self._models_of[name]
+            for m in self._models_of.get(name, ())
         )
 
     def in_service(self) -> dict[str, bool]:

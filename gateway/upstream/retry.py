@@ -18,10 +18,14 @@ class RetryBudget:
     of `budget_min` (Envoy's retry budget)."""
 
     def __init__(self, config: RetryConfig) -> None:
-        self._ratio = config.budget_ratio
-        self._minimum = config.budget_min
         self.active_calls = 0
         self.active_retries = 0
+        self.configure(config)
+
+    def configure(self, config: RetryConfig) -> None:
+        """New bounds (a reload); the calls and retries in flight are still counted."""
+        self._ratio = config.budget_ratio
+        self._minimum = config.budget_min
 
     def try_acquire(self) -> bool:
         if self.active_retries >= max(self._minimum, int(self._ratio * self.active_calls)):

@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.appkeys import HEALTH, LIMITER, UPSTREAMS
+from gateway.appkeys import HEALTH, LIMITER, RETRY_BUDGET
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     RedisProcess,
@@ -89,7 +89,7 @@ async def test_row_05_client_leaving_mid_stream_cancels_upstream_and_releases_ev
     # outstanding count and the retry budget's active calls; nothing left running.
     assert await metric(gateway, "llm_gateway_requests_in_flight") == 0
     await wait_for(lambda: not tasks_in_gateway_code(), 2.0)
-    assert app[UPSTREAMS].budget.active_calls == 0
+    assert app[RETRY_BUDGET].active_calls == 0
     assert {name: h.outstanding for name, h in app[HEALTH].state.items()} == {
         "fake": 0,
         "fake-openai": 0,

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.appkeys import CHAT, MODEL_INFO, MODEL_LIST
+from gateway.appkeys import PATHS
 from gateway.pipeline import Exchange, Pipeline, Stage
 from gateway.stages.auth import hash_key
 from tests.conftest import (
@@ -71,15 +71,21 @@ GUARD = "llama-guard-path"
 LIMITED_KEY = "gw-test-limited-team-key-555566667777"
 
 
-def pipeline_of(gateway: RunningGateway, key: Any) -> Pipeline:
-    pipeline: Pipeline = gateway.server.app[key]
+def pipeline_of(gateway: RunningGateway, name: str) -> Pipeline:
+    """One of the paths in force (the generation new requests run on)."""
+    pipeline: Pipeline = getattr(gateway.server.app[PATHS].current, name)
     return pipeline
 
 
 def test_the_chat_path_is_the_documented_list_in_order(gateway: RunningGateway) -> None:
-    assert pipeline_of(gateway, CHAT).names == CHAT_ORDER
-    assert pipeline_of(gateway, MODEL_LIST).names == ["audit", "metrics", "auth", "list_models"]
-    assert pipeline_of(gateway, MODEL_INFO).names == ["audit", "metrics", "auth", "retrieve_model"]
+    assert pipeline_of(gateway, "chat").names == CHAT_ORDER
+    assert pipeline_of(gateway, "model_list").names == ["audit", "metrics", "auth", "list_models"]
+    assert pipeline_of(gateway, "model_info").names == [
+        "audit",
+        "metrics",
+        "auth",
+        "retrieve_model",
+    ]
 
 
 def _state(exchange: Exchange) -> dict[str, Any]:
@@ -163,7 +169,7 @@ async def test_every_exchange_field_has_one_writer_and_no_stage_edits_a_request(
     gateway = await start_gateway(raw)
     writes: dict[str, set[str]] = {}
     edits: list[str] = []
-    chat = pipeline_of(gateway, CHAT)
+    chat = pipeline_of(gateway, "chat")
     chat.stages = tuple(Watch(stage, writes, edits) for stage in chat.stages)
 
     history = [

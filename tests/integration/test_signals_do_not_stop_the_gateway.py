@@ -1,6 +1,6 @@
-"""SIGHUP (reload is not supported yet: logged), SIGUSR1, SIGUSR2 and the other signals
-whose default action would end the process are logged and ignored: streams in flight
-finish with `[DONE]`, the process keeps serving, and every request is audited."""
+"""SIGHUP (a reload: here of an unchanged file), SIGUSR1, SIGUSR2 and the other signals
+whose default action would end the process do not end it: streams in flight finish with
+`[DONE]`, the process keeps serving, and every request is audited."""
 
 from __future__ import annotations
 
@@ -49,10 +49,12 @@ async def test_signals_neither_stop_the_gateway_nor_cut_its_streams(
                 assert gateway.alive(), f"{name} ended the gateway"
         exit_code = gateway.stop()
         audited = {r["request_id"] for r in gateway.records("audit")}
-        reload_lines = gateway.records("reload_not_supported")
+        reload_lines = gateway.records("config_reload_requested")
+        unchanged = gateway.records("config_unchanged")
         ignored = [r["signal"] for r in gateway.records("signal_ignored")]
 
     assert exit_code == 0
     assert audited == {f"signal-{number}-{i}" for number in SIGNALS.values() for i in range(2)}
-    assert [r["signal"] for r in reload_lines] == ["SIGHUP"]
+    assert [r["trigger"] for r in reload_lines] == ["SIGHUP"]
+    assert [r["generation"] for r in unchanged] == [1]
     assert ignored == [name for name in SIGNALS if name != "SIGHUP"]

@@ -51,7 +51,7 @@ def test_valid_config_loads_into_the_config_tree() -> None:
     assert isinstance(config, GatewayConfig)
     assert set(config.upstreams) == {"fake", "fake-openai"}
     assert config.models[MODEL].aliases == ["llama-8b"]
-    assert config.teams["team-a"].key_hashes == [hash_key(TEAM_KEY)]
+    assert [key.hash for key in config.teams["team-a"].key_hashes] == [hash_key(TEAM_KEY)]
 
 
 def test_valid_yaml_file_loads_with_the_given_environment(tmp_path: Path) -> None:
