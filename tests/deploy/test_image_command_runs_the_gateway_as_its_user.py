@@ -3,10 +3,13 @@ its ENV, the wheel's virtualenv where the image has /opt/venv, the configuration
 compose and Kubernetes mount it (<dir>/config/config.yaml, <dir>/policies/), and, when the
 suite runs as root, the image's USER (10001), as the container would. The gateway itself is
 the process (exec), listens on GATEWAY_PORT, the HEALTHCHECK command fails before it is up
-and passes once it is, and the STOPSIGNAL ends it with exit code 0 (drained)."""
+and passes once it is, `llm-gateway reload` run beside it as the same user (as `docker
+compose exec` and `kubectl exec` run it) finds its pid file in the container's /tmp and puts
+an edited configuration in force, and the STOPSIGNAL ends it with exit code 0 (drained)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +55,13 @@ def image_user(installed: Path) -> tuple[int, int] | None:
     return int(uid), int(gid or uid)
 
 
+def readyz(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
+        assert ready.status == 200
+        answer: dict[str, Any] = json.load(ready)
+        return answer
+
+
 def status_uid(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -78,7 +89,12 @@ def test_the_image_command_serves_as_the_image_user(
         .replace("/opt/venv/bin", f"{bin_dir}:{installed}")
         .replace("$PATH", "/usr/local/bin:/usr/bin:/bin")
     )
+    # The container's own /tmp (a tmpfs in compose, an emptyDir in Kubernetes), where the
+    # pid file for `reload` goes; not this machine's /tmp, which other runs share.
+    (world_readable_dir / "tmp").mkdir(mode=0o1777)
+    (world_readable_dir / "tmp").chmod(0o1777)
     env |= {
+        "TMPDIR": str(world_readable_dir / "tmp"),
         "GATEWAY_CONFIG": str(etc / "config" / "config.yaml"),
         "GATEWAY_PORT": str(port),
         DEMO_UPSTREAM_KEY_ENV: "demo-upstream-key",
@@ -122,8 +138,29 @@ def test_the_image_command_serves_as_the_image_user(
         assert b"serve" in cmdline
         if user:
             assert status_uid(process.pid) == user[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
-            assert ready.status == 200
+        assert readyz(port)["config_generation"] == 1
+
+        config = etc / "config" / "config.yaml"
+        config.write_text(
+            config.read_text().replace("requests_per_minute: 600", "requests_per_minute: 60")
+        )
+        reload = subprocess.run(
+            [installed / "llm-gateway", "reload"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+        assert reload.returncode == 0, reload.stderr
+        deadline = time.monotonic() + 20
+        while readyz(port)["config_generation"] != 2:
+            assert time.monotonic() < deadline, (
+                f"the reload was not put in force:\n{log.read_text()}"
+            )
+            time.sleep(0.1)
 
         stop = STAGE.last("STOPSIGNAL")
         assert stop is not None
