@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from pydantic import AnyHttpUrl
 
 from gateway import reload, server, supervisor
 from gateway.app import build_app
@@ -20,7 +21,9 @@ from gateway.config import ConfigError, ConfigFile, GatewayConfig, TeamKey, read
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+# Package data (gateway/data/), so that `demo` works from an installed wheel as from a
+# checkout: in the repository these are symlinks to examples/ and policies/.
+DEMO_CONFIG = Path(__file__).resolve().parent / "data" / "examples" / "demo.yaml"
 DEMO_TEAM_KEY = "gw-demo-key-for-local-use-only"
 DEMO_UPSTREAM_KEY_ENV = "DEMO_UPSTREAM_KEY"
 DEMO_FAKE_PORT = 9100
@@ -77,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="the gateway on the demo config with a fake upstream")
     demo.add_argument("--port", type=int, help="overrides server.port of the demo config")
+    demo.add_argument(
+        "--upstream-port",
+        type=int,
+        default=DEMO_FAKE_PORT,
+        help=f"port of the fake upstream on 127.0.0.1 (default {DEMO_FAKE_PORT})",
+    )
 
     args = parser.parse_args(argv)
     run: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -245,10 +254,11 @@ def _demo(args: argparse.Namespace) -> int:
     config = _load_or_explain(DEMO_CONFIG)
     if config is None:
         return 2
+    config = _retarget_demo_upstreams(config, args.upstream_port)
     upstream = FakeUpstream(default=Behavior(delay=0.02), api_key=upstream_key)
 
     async def fake_upstream(app: web.Application) -> AsyncIterator[None]:
-        runner = await serve("127.0.0.1", DEMO_FAKE_PORT, upstream)
+        runner = await serve("127.0.0.1", args.upstream_port, upstream)
         yield
         await runner.cleanup()
 
@@ -257,13 +267,34 @@ def _demo(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     print(
         f"llm-gateway demo on http://{config.server.host}:{port}/v1 "
-        f"(fake upstream on 127.0.0.1:{DEMO_FAKE_PORT}); team key: {DEMO_TEAM_KEY}\n"
+        f"(fake upstream on 127.0.0.1:{args.upstream_port}); team key: {DEMO_TEAM_KEY}\n"
         "Ctrl-C stops it.",
         file=sys.stderr,
         flush=True,
     )
     _run(app, config, None, port)
     return 0
+
+
+def _retarget_demo_upstreams(config: GatewayConfig, port: int) -> GatewayConfig:
+    """The demo config with its upstreams on the fake upstream's `port` (the file says
+    DEMO_FAKE_PORT), so that a second demo, or a test, can run beside a first one."""
+    if port == DEMO_FAKE_PORT:
+        return config
+    upstreams = {
+        name: upstream.model_copy(
+            update={
+                "base_url": AnyHttpUrl.build(
+                    scheme=upstream.base_url.scheme,
+                    host=upstream.base_url.host or "127.0.0.1",
+                    port=port,
+                    path=(upstream.base_url.path or "").lstrip("/"),
+                )
+            }
+        )
+        for name, upstream in config.upstreams.items()
+    }
+    return config.model_copy(update={"upstreams": upstreams})
 
 
 if __name__ == "__main__":

@@ -4,11 +4,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  # Rate-limit tests run a real redis-server on a loopback port, and a Redis Cluster of six,
-  # which redis-cli (package redis-tools) creates.
+# Debian packages some tests run: redis-server (rate-limit tests run a real one on a
+# loopback port), redis-cli, package redis-tools (creates the tests' Redis Cluster of six),
+# haproxy (`haproxy -c` on deploy/haproxy.cfg) and kubectl, package kubernetes-client
+# (`kubectl kustomize` renders deploy/kubernetes).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "== ruff check";        .venv/bin/ruff check gateway tests scripts

@@ -255,5 +255,7 @@ def test_prometheus_scrapes_the_gateway() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     [job] = config["scrape_configs"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    assert job["static_configs"][0]["targets"] == ["gateway:8080"]
+    # Each replica of the compose stack on its own (tests/deploy checks these are exactly
+    # the replicas HAProxy balances).
+    assert job["static_configs"][0]["targets"] == ["gateway-1:8080", "gateway-2:8080"]
     assert job.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
