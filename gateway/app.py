@@ -1,7 +1,7 @@
 """Application assembly, in two parts that live differently.
 
 `build_app(config)` makes the application and what lives as long as the process, whatever
-reloads happen (`reload.SharedParts`, completed at start-up by the upstream session, which
+reloads happen (`reload.SharedParts`, completed at start-up with the upstream connections, which
 needs the running loop): the loggers and the audit trail, the metrics, the background
 tasks, the live streams, the rate-limit backend and its unconfirmed settlements, passive
 health, the failed-authentication limits, the retry budget, the connection pools, the key
@@ -28,7 +28,6 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import TextIO
 
-import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from structlog.typing import FilteringBoundLogger
@@ -86,6 +85,7 @@ from gateway.teams import KeyExpiryLog, team_keys, teams_of
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import UpstreamClient, connection_pools
 from gateway.upstream.health import HealthBook
+from gateway.upstream.http1 import Connections
 from gateway.upstream.retry import RetryBudget
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -137,7 +137,7 @@ def build_app(
     app[RETRY_BUDGET] = RetryBudget(config.retries)
     paths = app[PATHS] = PathsHolder()
     app[RELOADER] = Reloader(paths, source, app[METRICS], app[LOG], app[TASKS])
-    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_upstream_connections)
     app.cleanup_ctx.append(_background_work)
     app.cleanup_ctx.append(_auth_failure_counter)
     # The routes are fixed; the paths they run are whichever generation is in force when
@@ -170,7 +170,7 @@ def build_paths(
     """One generation of the request paths, in order. Every path starts with the audit and
     the metrics, so they leave last and see how the request ended; moving a stage is moving
     its line. Changes no shared part: a reload runs it in a thread."""
-    client = UpstreamClient(config, shared.session, shared.pools)
+    client = UpstreamClient(config, shared.connections, shared.pools)
     caller = UpstreamCaller(
         client, shared.health, config.retries, shared.metrics, budget=shared.retry_budget
     )
@@ -243,21 +243,9 @@ async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
     await app[_AUTH_FAILURES].close()
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(
-        limit=sum(u.max_connections for u in config.upstreams.values()),
-        limit_per_host=0,  # each upstream's own bound is kept by its pool (upstream/pool)
-        ttl_dns_cache=300,
-        enable_cleanup_closed=True,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        # The gateway sends exactly the headers each call builds: no cookies, no defaults.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
-        auto_decompress=True,
-    )
+    connections = Connections()
     shared = app[SHARED] = SharedParts(
         log=app[LOG],
         audit_log=app[_AUDIT_LOG],
@@ -270,16 +258,16 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         settlements=Settlements(),
         retry_budget=app[RETRY_BUDGET],
         pools=connection_pools(config),
-        session=session,
+        connections=connections,
         key_expiry=KeyExpiryLog(app[LOG]),
     )
-    # The session needs a running loop, so the paths that call upstreams are built here.
+    # Made with the running loop, as are the paths that call upstreams.
     app[RELOADER].start(
         config, functools.partial(build_paths, shared), functools.partial(adopt, shared)
     )
     yield
     shared.key_expiry.close()
-    await session.close()
+    await connections.close()
 
 
 def _request_id(request: web.Request) -> str:

@@ -34,7 +34,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     paths = app[PATHS].peek()
-    ready = paths is not None and SHARED in app and not app[SHARED].session.closed
+    ready = paths is not None and SHARED in app and not app[SHARED].connections.closed
     limiter = app[LIMITER]
     # A Redis outage degrades the limiter (to its failure mode) but not readiness: the
     # gateway still answers, and restarting it would not bring Redis back.

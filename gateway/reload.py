@@ -23,7 +23,7 @@ upstreams' endpoints (dialect, key variable, timeouts, `ca_file`, `hipaa_eligibl
 retry settings, the health thresholds, the safety model's wiring and `security`.
 
 **What survives** (`SharedParts`, one per process, handed to every generation): the
-upstream HTTP session and its open connections; each upstream's connection pool (its slots
+upstream connections kept alive (`upstream.http1`); each upstream's connection pool (its slots
 in use and its waiters; its `pool_timeout` follows the new configuration); passive health
 (each upstream's failures, ejection and requests in flight; new thresholds and models apply
 at once); the rate-limit backend (the in-process buckets and leases, or the Redis
@@ -72,7 +72,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
@@ -87,6 +86,7 @@ from gateway.stages.relay import LiveStreams
 from gateway.tasks import BackgroundTasks
 from gateway.teams import KeyExpiryLog, TeamKey
 from gateway.upstream.health import HealthBook
+from gateway.upstream.http1 import Connections
 from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RetryBudget
 
@@ -116,7 +116,7 @@ _RESTART_ONLY_UPSTREAM = ("base_url", "max_connections")
 @dataclass(frozen=True, slots=True, eq=False)
 class SharedParts:
     """What every generation of the paths shares, for the life of the process (see the
-    module docstring). Made at start-up, once the event loop runs (the session needs it)."""
+    module docstring). Made at start-up, once the event loop runs (the connections need it)."""
 
     log: FilteringBoundLogger
     audit_log: FilteringBoundLogger
@@ -129,7 +129,7 @@ class SharedParts:
     settlements: Settlements
     retry_budget: RetryBudget
     pools: dict[str, ConnectionPool]
-    session: aiohttp.ClientSession
+    connections: Connections
     key_expiry: KeyExpiryLog
 
 
@@ -301,7 +301,7 @@ class Reloader:
 
 RELOADER = web.AppKey("reloader", Reloader)
 PATHS = web.AppKey("paths", PathsHolder)
-# Set at start-up (the upstream session needs the running loop).
+# Set at start-up (the upstream connections need the running loop).
 SHARED = web.AppKey("shared", SharedParts)
 
 

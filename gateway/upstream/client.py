@@ -1,5 +1,6 @@
-"""One attempt at one upstream: the shared `aiohttp.ClientSession`, the upstream's pre-built
-URL, headers and timeouts, and the classification of every way the attempt can fail.
+"""One attempt at one upstream: the process's upstream connections (`http1`), the
+upstream's pre-built request head and timeouts, and the classification of every way the
+attempt can fail.
 
 An attempt ends when the answer is safe to commit to: a whole JSON answer read (and
 translated) and found to be a chat.completion, or a stream's first event. Until then
@@ -26,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDict
 from pydantic_core import from_json, to_json
 
 from gateway.accounting import Usage, usage_of
@@ -35,6 +35,7 @@ from gateway.dialects import DIALECTS
 from gateway.dialects.base import StreamTranslator
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable, from_upstream
 from gateway.routing import UpstreamTarget
+from gateway.upstream.http1 import Connections, ConnectTimeout, Origin, Response
 from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RETRYABLE_STATUSES, parse_retry_after
 from gateway.upstream.shape import MAX_UPSTREAM_MESSAGE, BadEvent, check_event, is_completion
@@ -82,7 +83,7 @@ class StreamAnswer:
         self,
         first: bytes,
         rest: AsyncIterator[bytes],
-        response: aiohttp.ClientResponse,
+        response: Response,
         *,
         idle: float,
         ends_at: float,
@@ -96,8 +97,8 @@ class StreamAnswer:
         self.on_close: list[Callable[[], None]] = []
 
     def close(self) -> None:
-        # Closing (not releasing) an unfinished response drops its connection, which is
-        # what tells the upstream to stop generating.
+        # An unfinished stream's connection is dropped, which is what tells the upstream
+        # to stop generating; a finished one's is kept for the next request.
         self._response.close()
         callbacks, self.on_close = self.on_close, []
         for callback in callbacks:
@@ -106,14 +107,11 @@ class StreamAnswer:
 
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
-    url: str
-    headers: CIMultiDict[str]
-    timeout: aiohttp.ClientTimeout
+    origin: Origin
+    connect: float
     first_byte: float
     idle: float
     total: float
-    # A context trusting the upstream's own CA, or True: the default, verifying context.
-    ssl: ssl.SSLContext | bool
 
 
 def connection_pools(config: GatewayConfig) -> dict[str, ConnectionPool]:
@@ -126,46 +124,41 @@ def connection_pools(config: GatewayConfig) -> dict[str, ConnectionPool]:
 
 
 class UpstreamClient:
-    """The upstreams of one configuration. The session and the pools belong to the process:
-    a reload builds a new client (new URLs, keys, timeouts) on the same ones."""
+    """The upstreams of one configuration. The connections and the pools belong to the
+    process: a reload builds a new client (new URLs, keys, timeouts) on the same ones."""
 
     def __init__(
         self,
         config: GatewayConfig,
-        session: aiohttp.ClientSession,
+        connections: Connections,
         pools: dict[str, ConnectionPool] | None = None,
     ) -> None:
-        self._session = session
+        self._connections = connections
         self._server: ServerConfig = config.server
         self._endpoints: dict[str, _Endpoint] = {}
         self.pools = connection_pools(config) if pools is None else pools
         for name, upstream in config.upstreams.items():
             dialect = DIALECTS[upstream.dialect]
             api_key = upstream.api_key_env.value if upstream.api_key_env else None
-            headers = CIMultiDict({"Content-Type": "application/json", **dialect.headers(api_key)})
+            headers = {"Content-Type": "application/json", **dialect.headers(api_key)}
             self._endpoints[name] = _Endpoint(
-                url=str(upstream.base_url).rstrip("/") + dialect.path,
-                headers=headers,
-                # aiohttp's `connect` also counts waiting for its own pool, which the
-                # gateway's pools keep from ever happening; `sock_connect` is connecting
-                # alone (TCP and TLS).
-                timeout=aiohttp.ClientTimeout(
-                    total=upstream.timeouts.total,
-                    connect=upstream.timeouts.connect,
-                    sock_connect=upstream.timeouts.connect,
-                    sock_read=upstream.timeouts.idle,
+                origin=Origin.of(
+                    str(upstream.base_url).rstrip("/") + dialect.path,
+                    headers,
+                    # Trusting the upstream's own CA; None: the default, verifying context.
+                    ssl.create_default_context(cafile=upstream.ca_file)
+                    if upstream.ca_file
+                    else None,
                 ),
+                connect=upstream.timeouts.connect,
                 first_byte=upstream.timeouts.first_byte,
                 idle=upstream.timeouts.idle,
                 total=upstream.timeouts.total,
-                ssl=ssl.create_default_context(cafile=upstream.ca_file)
-                if upstream.ca_file
-                else True,
             )
 
     @property
     def ready(self) -> bool:
-        return not self._session.closed
+        return not self._connections.closed
 
     async def attempt(
         self,
@@ -183,30 +176,25 @@ class UpstreamClient:
         and the rest of its stream is no longer bound by the deadline (`idle` and `total`
         bound it)."""
         endpoint = self._endpoints[target.upstream_name]
-        headers = endpoint.headers.copy()
-        headers["x-request-id"] = request_id
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                # aiohttp's clock for `total` starts with the request, as this one does.
-                started = loop.time()
-                response = await self._post(endpoint, body, headers)
+                ends_at = loop.time() + endpoint.total
+                response = await self._post(endpoint, body, request_id, ends_at)
                 try:
                     if response.status >= 300:
                         raise await _failed_status(response)
                     if stream:
                         first, rest = await self._first_event(response, translator)
                         return StreamAnswer(
-                            first,
-                            rest,
-                            response,
-                            idle=endpoint.idle,
-                            ends_at=started + endpoint.total,
+                            first, rest, response, idle=endpoint.idle, ends_at=ends_at
                         )
-                    return await self._whole(response, target, public_model)
+                    answer = await self._whole(response, target, public_model)
                 except BaseException:
                     response.close()
                     raise
+                response.close()  # read to its end: the connection is kept
+                return answer
         except TimeoutError:
             # Only the deadline's expiry arrives here: the upstream's own timeouts are
             # AttemptFailed already. The call ran out of time, which says nothing about
@@ -219,29 +207,30 @@ class UpstreamClient:
             ) from None
 
     async def _post(
-        self, endpoint: _Endpoint, body: bytes, headers: CIMultiDict[str]
-    ) -> aiohttp.ClientResponse:
+        self, endpoint: _Endpoint, body: bytes, request_id: str, ends_at: float
+    ) -> Response:
         try:
             async with asyncio.timeout(endpoint.first_byte):
-                return await self._session.post(
-                    endpoint.url,
-                    data=body,
-                    headers=headers,
-                    timeout=endpoint.timeout,
-                    ssl=endpoint.ssl,
+                return await self._connections.post(
+                    endpoint.origin,
+                    b"x-request-id: %s\r\n" % request_id.encode(),
+                    body,
+                    connect_timeout=endpoint.connect,
+                    idle_timeout=endpoint.idle,
+                    ends_at=ends_at,
                 )
-        except aiohttp.ConnectionTimeoutError:
+        except ConnectTimeout:
             raise _unreachable("The upstream could not be reached in time.") from None
-        except aiohttp.ClientSSLError:
+        except ssl.SSLError:
             # Never retried without verification; another upstream may still serve it.
             raise _unreachable("The upstream's TLS certificate was not accepted.") from None
         except TimeoutError:
             raise _timed_out("The upstream did not answer in time.") from None
-        except aiohttp.ClientError:
+        except (OSError, aiohttp.ClientError):
             raise _unreachable("The upstream could not be reached.") from None
 
     async def _whole(
-        self, response: aiohttp.ClientResponse, target: UpstreamTarget, public_model: str
+        self, response: Response, target: UpstreamTarget, public_model: str
     ) -> JsonAnswer:
         limit = self._server.max_upstream_body_bytes
         body = bytearray()
@@ -274,7 +263,7 @@ class UpstreamClient:
         return JsonAnswer(bytes(body), usage_of(parsed))
 
     async def _first_event(
-        self, response: aiohttp.ClientResponse, translator: StreamTranslator | None
+        self, response: Response, translator: StreamTranslator | None
     ) -> tuple[bytes, AsyncIterator[bytes]]:
         events = openai_events(
             iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
@@ -322,7 +311,7 @@ async def openai_events(
             yield chunk
 
 
-async def _failed_status(response: aiohttp.ClientResponse) -> AttemptFailed:
+async def _failed_status(response: Response) -> AttemptFailed:
     status = response.status
     message, param, code = await _upstream_error_fields(response)
     retry_after = response.headers.get("Retry-After")
@@ -363,7 +352,7 @@ def _bad_answer(message: str) -> AttemptFailed:
 
 
 async def _upstream_error_fields(
-    response: aiohttp.ClientResponse,
+    response: Response,
 ) -> tuple[str | None, str | None, str | None]:
     """message, param and code of an OpenAI- or Anthropic-shaped upstream error."""
     try:

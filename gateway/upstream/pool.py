@@ -3,11 +3,11 @@ bounded wait for one (`pool_timeout`).
 
 An HTTP/1.1 request holds one connection from its start until its answer is read or its
 stream closed, so the connections in use to an upstream are counted as the requests that
-hold a slot here. aiohttp's connector is sized so that it never makes a request wait on
-its own (its `timeout.connect` would count that wait as a failed connection); this is the
-only queue. Waiting for a slot is the gateway's backpressure, not a sign of the upstream's
-health: a wait that runs out is answered 503 `upstream_busy` and never counted toward
-ejection. Slots are handed to waiters first come, first served.
+hold a slot here. The connections themselves (`http1`) never make a request wait: a
+request with a slot takes an idle connection or opens one; this is the only queue. Waiting
+for a slot is the gateway's backpressure, not a sign of the upstream's health: a wait that
+runs out is answered 503 `upstream_busy` and never counted toward ejection. Slots are
+handed to waiters first come, first served.
 """
 
 from __future__ import annotations

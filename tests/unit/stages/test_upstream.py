@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from gateway.observability.metrics import GatewayMetrics
@@ -20,6 +19,7 @@ from gateway.testing.fake_upstream import Behavior
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import JsonAnswer, StreamAnswer, UpstreamClient
 from gateway.upstream.health import HealthBook
+from gateway.upstream.http1 import Connections
 from tests.conftest import MODEL, RunningUpstream, a_request, an_exchange, config_dict, make_config
 
 
@@ -27,11 +27,12 @@ from tests.conftest import MODEL, RunningUpstream, a_request, an_exchange, confi
 async def stage(upstream: RunningUpstream) -> AsyncIterator[tuple[CallUpstream, Router]]:
     config = make_config(config_dict(upstream.url))
     health = HealthBook(config.health, {MODEL: ["fake"]})
-    async with aiohttp.ClientSession() as session:
-        caller = UpstreamCaller(
-            UpstreamClient(config, session), health, config.retries, GatewayMetrics()
-        )
-        yield CallUpstream(caller), Router(config)
+    connections = Connections()
+    caller = UpstreamCaller(
+        UpstreamClient(config, connections), health, config.retries, GatewayMetrics()
+    )
+    yield CallUpstream(caller), Router(config)
+    await connections.close()
 
 
 def decided(router: Router, stream: bool) -> tuple[PolicyDecision, Translation]:

@@ -1,0 +1,133 @@
+"""The upstream connections (`gateway/upstream/http1.py`), against a real HTTP server on
+loopback: one connection carries request after request; an answer not read to its end
+drops its connection (and a read still waiting on it fails), a read past the attempt's
+`total` fails with a timeout, an idle connection past KEEPALIVE_S is not reused, and a
+header that would break the request head is refused when the origin is built."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from gateway.upstream import http1
+from gateway.upstream.http1 import Connections, Origin
+
+BODY = b'{"hello": "upstream"}'
+
+
+@dataclass
+class Server:
+    url: str
+    # The client port of the connection each request arrived on, in order.
+    ports: list[int] = field(default_factory=list)
+    heads: list[CIMultiDict[str]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    seen = Server(url="")
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.ports.append(peer[1] if peer else -1)
+        seen.heads.append(CIMultiDict(request.headers))
+        body = await request.read()
+        if request.query.get("slow"):  # a stream that sends one chunk, then nothing
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"first")
+            await asyncio.sleep(30)
+            return response
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat", answer)
+    async with TestServer(app, host="127.0.0.1") as running:
+        seen.url = str(running.make_url("/v1/chat"))
+        yield seen
+
+
+async def post(connections: Connections, origin: Origin, *, total: float = 10) -> http1.Response:
+    loop = asyncio.get_running_loop()
+    return await connections.post(
+        origin,
+        b"x-request-id: r1\r\n",
+        BODY,
+        connect_timeout=5,
+        idle_timeout=5,
+        ends_at=loop.time() + total,
+    )
+
+
+async def test_one_connection_carries_request_after_request(server: Server) -> None:
+    connections = Connections()
+    origin = Origin.of(server.url, {"Authorization": "Bearer k"}, None)
+    for _ in range(5):
+        response = await post(connections, origin)
+        assert (response.status, await response.content.read()) == (200, BODY)
+        response.close()
+    await connections.close()
+
+    assert len(server.ports) == 5
+    assert len(set(server.ports)) == 1
+    head = server.heads[0]
+    assert head["Authorization"] == "Bearer k"
+    assert head["x-request-id"] == "r1"
+    assert head["Content-Length"] == str(len(BODY))
+    assert head["Host"] == server.url.split("/")[2]
+
+
+async def test_an_answer_not_read_to_its_end_drops_its_connection(server: Server) -> None:
+    connections = Connections()
+    origin = Origin.of(server.url + "?slow=1", {}, None)
+    response = await post(connections, origin)
+    assert await response.content.readany() == b"first"
+    waiting = asyncio.ensure_future(response.content.readany())
+    await asyncio.sleep(0.05)
+    response.close()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await asyncio.wait_for(waiting, 5)
+
+    again = await post(connections, Origin.of(server.url, {}, None))
+    await again.content.read()
+    again.close()
+    await connections.close()
+    assert len(set(server.ports)) == 2  # a new connection for the second request
+
+
+async def test_a_read_past_the_total_fails_with_a_timeout(server: Server) -> None:
+    connections = Connections()
+    response = await post(connections, Origin.of(server.url + "?slow=1", {}, None), total=0.3)
+    assert await response.content.readany() == b"first"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(response.content.readany(), 5)
+    response.close()
+    await connections.close()
+
+
+async def test_an_idle_connection_past_the_keepalive_is_not_reused(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "KEEPALIVE_S", 0.1)
+    connections = Connections()
+    origin = Origin.of(server.url, {}, None)
+    for _ in range(2):
+        response = await post(connections, origin)
+        await response.content.read()
+        response.close()
+        await asyncio.sleep(0.2)
+    await connections.close()
+    assert len(set(server.ports)) == 2
+
+
+@pytest.mark.parametrize("value", ["key\n", "key\r\nx-injected: 1", "a\0b"])
+def test_a_header_that_would_break_the_head_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        Origin.of("http://127.0.0.1:9/v1/chat", {"Authorization": value}, None)
