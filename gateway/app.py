@@ -30,7 +30,6 @@ from typing import TextIO
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from structlog.typing import FilteringBoundLogger
 
 from gateway import handlers
 from gateway.appkeys import (
@@ -62,7 +61,14 @@ from gateway.errors import (
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
-from gateway.observability.logs import make_audit_logger, make_logger, where_it_failed
+from gateway.observability.logs import (
+    JsonLines,
+    LineLog,
+    make_access_log,
+    make_audit_logger,
+    make_logger,
+    where_it_failed,
+)
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
 from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
@@ -89,7 +95,8 @@ from gateway.upstream.http1 import Connections
 from gateway.upstream.retry import RetryBudget
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_AUDIT_LOG = web.AppKey("audit_log", FilteringBoundLogger)
+_AUDIT_LOG = web.AppKey("audit_log", JsonLines)
+_ACCESS_LOG = web.AppKey("access_log", LineLog)
 _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 # Names the worker process that answered, when several serve the port (supervisor.py).
 WORKER_HEADER = "x-gateway-worker"
@@ -126,6 +133,7 @@ def build_app(
     if worker is not None:
         app[LOG] = app[LOG].bind(worker=worker)
         app.on_response_prepare.append(functools.partial(_worker_header, worker))
+    app[_ACCESS_LOG] = make_access_log(config.server, app[LOG], log_stream, worker)
     app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
     app[TASKS] = BackgroundTasks(app[LOG])
@@ -364,7 +372,7 @@ def _access_line(request: web.Request, exchange: Exchange, status: int) -> None:
     summary = exchange.summary()
     if not summary["status"]:  # no stage ran: a probe, or aiohttp's own answer
         summary["status"] = status
-    log = request.app[LOG]
+    log = request.app[_ACCESS_LOG]
     (log.info if request.path.startswith("/v1/") else log.debug)(
         "request",
         **summary,

@@ -78,7 +78,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway.auth_failures import AuthFailureLimit
 from gateway.config import ConfigError, ConfigFile, GatewayConfig, read_config_file
 from gateway.limiter.base import LimiterBackend
-from gateway.observability.logs import where_it_failed
+from gateway.observability.logs import JsonLines, where_it_failed
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.stages.ratelimit import Settlements
@@ -119,7 +119,7 @@ class SharedParts:
     module docstring). Made at start-up, once the event loop runs (the connections need it)."""
 
     log: FilteringBoundLogger
-    audit_log: FilteringBoundLogger
+    audit_log: JsonLines
     metrics: GatewayMetrics
     tasks: BackgroundTasks
     live_streams: LiveStreams

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from pydantic_core import to_json
@@ -56,18 +57,87 @@ def where_it_failed(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {trail}"
 
 
-def make_audit_logger(server: ServerConfig, stream: TextIO | None = None) -> FilteringBoundLogger:
+class LineLog(Protocol):
+    """What writes the two lines of every request (the access line and the audit record):
+    a `JsonLines`, or, for the readable format, the structlog logger."""
+
+    def info(self, event: str, **fields: Any) -> Any: ...
+
+    def debug(self, event: str, **fields: Any) -> Any: ...
+
+
+class JsonLines:
+    """JSON lines written without structlog's processor chain, for the lines written for
+    every request: the same line the JSON logger writes (the bound fields, the call's
+    fields in order, then `event`, `level` unless it is None, and an ISO `timestamp` in
+    UTC), at under half its cost (the chain, its level method, and a datetime formatted
+    per line were a tenth of the gateway's CPU per request). Each line is written whole
+    and flushed, as structlog's WriteLogger does."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        min_level: int = logging.DEBUG,
+        with_level: bool = True,
+        bound: dict[str, Any] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._with_level = with_level
+        self._bound = bound or {}
+        # The timestamp's text up to the second, and the second it is for.
+        self._second = -1
+        self._second_text = ""
+        if min_level > logging.INFO:
+            self.info = _ignore  # type: ignore[method-assign]
+        if min_level > logging.DEBUG:
+            self.debug = _ignore  # type: ignore[method-assign]
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._write(event, "info", fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._write(event, "debug", fields)
+
+    def _write(self, event: str, level: str, fields: dict[str, Any]) -> None:
+        line = {**self._bound, **fields} if self._bound else fields
+        line["event"] = event
+        if self._with_level:
+            line["level"] = level
+        line["timestamp"] = self._timestamp()
+        self._stream.write(to_json(line, fallback=str).decode() + "\n")
+        self._stream.flush()
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _ignore(event: str, **fields: Any) -> None:
+    return None
+
+
+def make_access_log(
+    server: ServerConfig, log: FilteringBoundLogger, stream: TextIO | None, worker: str | None
+) -> LineLog:
+    """The access line's writer: JsonLines on the log stream for the JSON format (`worker`
+    bound, as the logger has it), the logger itself for the readable one."""
+    if server.log_format != "json":
+        return log
+    return JsonLines(
+        stream or sys.stdout,
+        min_level=logging.getLevelNamesMapping()[server.log_level.upper()],
+        bound=None if worker is None else {"worker": worker},
+    )
+
+
+def make_audit_logger(server: ServerConfig, stream: TextIO | None = None) -> JsonLines:
     """The audit trail: JSON lines, never filtered by log level, to `server.audit_path` or,
     without one, to the log stream."""
     if server.audit_path is not None and stream is None:
         stream = open(server.audit_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-    logger: FilteringBoundLogger = structlog.wrap_logger(
-        structlog.WriteLogger(stream or sys.stdout),
-        processors=[
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=_to_json),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        cache_logger_on_first_use=True,
-    )
-    return logger
+    return JsonLines(stream or sys.stdout, with_level=False)

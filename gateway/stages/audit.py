@@ -9,15 +9,14 @@ Reads: everything the other stages decided. Writes: nothing on the exchange.
 
 from __future__ import annotations
 
-from structlog.typing import FilteringBoundLogger
-
+from gateway.observability.logs import LineLog
 from gateway.pipeline import Exchange, Stage
 
 
 class Audit(Stage):
     name = "audit"
 
-    def __init__(self, log: FilteringBoundLogger) -> None:
+    def __init__(self, log: LineLog) -> None:
         self._log = log
 
     def leave(self, exchange: Exchange) -> None:
