@@ -29,13 +29,14 @@ class Metrics(Stage):
         team = NONE if exchange.team is None else exchange.team.name
         model = exchange.model or NONE
         upstream = exchange.call.upstream or NONE
-        metrics.requests.labels(team, model, upstream, status_code(exchange.status)).inc()
-        metrics.request_duration.labels(team, model).observe(exchange.elapsed_ms() / 1000)
+        child = metrics.child
+        child(metrics.requests, team, model, upstream, status_code(exchange.status)).inc()
+        child(metrics.request_duration, team, model).observe(exchange.elapsed_ms() / 1000)
         first_byte = exchange.relayed.first_byte_ms
         if first_byte is not None:  # a stream reached its client
-            metrics.time_to_first_token.labels(team, model).observe(first_byte / 1000)
-            metrics.stream_endings.labels(model, exchange.outcome).inc()
+            child(metrics.time_to_first_token, team, model).observe(first_byte / 1000)
+            child(metrics.stream_endings, model, exchange.outcome).inc()
         usage = exchange.usage
         if usage is not None:
-            metrics.tokens.labels(team, model, "prompt").inc(usage.prompt_tokens)
-            metrics.tokens.labels(team, model, "completion").inc(usage.completion_tokens)
+            child(metrics.tokens, team, model, "prompt").inc(usage.prompt_tokens)
+            child(metrics.tokens, team, model, "completion").inc(usage.completion_tokens)

@@ -188,9 +188,9 @@ class UpstreamCaller:
         except BaseException:
             state.outstanding -= 1
             pool.release()
-            duration.labels(name, "error").observe(time.perf_counter() - started)
+            self._metrics.child(duration, name, "error").observe(time.perf_counter() - started)
             raise
-        duration.labels(name, "ok").observe(time.perf_counter() - started)
+        self._metrics.child(duration, name, "ok").observe(time.perf_counter() - started)
         if isinstance(answer, StreamAnswer):
             answer.on_close += (state.ended, pool.release)
         else:
@@ -221,7 +221,7 @@ class UpstreamCaller:
         except BaseException:
             waits.labels(name, "abandoned").observe(loop.time() - started)
             raise
-        waits.labels(name, "acquired").observe(loop.time() - started)
+        self._metrics.child(waits, name, "acquired").observe(loop.time() - started)
 
 
 def _reason(failure: AttemptFailed) -> str:
