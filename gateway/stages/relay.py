@@ -1,7 +1,8 @@
 """Relay stage: the upstream's answer to the client.
 
 Whole answers go out as the upstream (or its dialect's translation) produced them. Streams
-are forwarded event by event as each arrives, never buffered whole; the client's response
+are forwarded as the events arrive, never buffered: the events one read of the upstream
+completed go out in one write (see `sse`), nothing waits for more; the client's response
 starts only once the upstream's first event is in (until then a failure can still be
 retried elsewhere). A stream that the upstream cuts, reports an error in, stalls past the
 idle timeout, overflows or sends an event that is not a chat.completion.chunk ends with an
@@ -209,8 +210,8 @@ async def _forward_events(
         relayed = exchange.relayed
         if await _forward(answer.first, client, relayed, client_wants_usage):
             return "ok"
-        async for event in answer.rest:
-            if await _forward(event, client, relayed, client_wants_usage):
+        async for batch in answer.rest:
+            if await _forward(batch, client, relayed, client_wants_usage):
                 return "ok"
         end = "upstream_cut"
         failure = error_event("The upstream ended the stream early.", "upstream_error")
@@ -251,18 +252,24 @@ async def _forward_events(
 
 
 async def _forward(
-    event: bytes, response: _Writer, relayed: RelayRecord, client_wants_usage: bool
+    batch: list[bytes], response: _Writer, relayed: RelayRecord, client_wants_usage: bool
 ) -> bool:
-    """Writes one event; True when it was the stream's [DONE]."""
-    if is_done(event):
-        await response.write(event)
-        return True
-    if b'"usage"' in event and _note_usage(event, relayed) and not client_wants_usage:
-        return False
-    if event.startswith(b"data:"):
-        relayed.content_events += 1
-    await response.write(event)
-    return False
+    """Writes a batch of events in one write, up to the stream's [DONE]; True when it came."""
+    out: list[bytes] = []
+    done = False
+    for event in batch:
+        if is_done(event):
+            out.append(event)
+            done = True
+            break
+        if b'"usage"' in event and _note_usage(event, relayed) and not client_wants_usage:
+            continue
+        if event.startswith(b"data:"):
+            relayed.content_events += 1
+        out.append(event)
+    if out:
+        await response.write(out[0] if len(out) == 1 else b"".join(out))
+    return done
 
 
 def _note_usage(event: bytes, relayed: RelayRecord) -> bool:

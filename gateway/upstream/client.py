@@ -73,7 +73,8 @@ class JsonAnswer:
 
 
 class StreamAnswer:
-    """A stream whose first event has arrived; iterate the rest, then `close()`.
+    """A stream whose first events have arrived (`first`, a batch: see `sse`); iterate the
+    rest, batch by batch, then `close()`.
 
     It carries the serving upstream's bounds for the side the upstream layer cannot see,
     the writes to the client: `idle`, the longest a write may wait, and `ends_at`
@@ -81,8 +82,8 @@ class StreamAnswer:
 
     def __init__(
         self,
-        first: bytes,
-        rest: AsyncIterator[bytes],
+        first: list[bytes],
+        rest: AsyncIterator[list[bytes]],
         response: Response,
         *,
         idle: float,
@@ -264,7 +265,7 @@ class UpstreamClient:
 
     async def _first_event(
         self, response: Response, translator: StreamTranslator | None
-    ) -> tuple[bytes, AsyncIterator[bytes]]:
+    ) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
         events = openai_events(
             iter_events(response.content.iter_any(), self._server.max_event_bytes), translator
         )
@@ -288,27 +289,39 @@ class UpstreamClient:
 
 
 async def openai_events(
-    events: AsyncIterator[bytes], translator: StreamTranslator | None
-) -> AsyncIterator[bytes]:
-    """OpenAI chunk events: translated, or checked (see `shape`) and passed on as they
-    came. Raises the error an event reports (vLLM sends `data: {"error": {..., "code":
-    400}}` in a 200 stream), or BadEvent for an event that is not a chunk."""
-    async for event in events:
-        if translator is None:
-            if not is_done(event):
-                check_event(event)
-            yield event
-            continue
+    batches: AsyncIterator[list[bytes]], translator: StreamTranslator | None
+) -> AsyncIterator[list[bytes]]:
+    """OpenAI chunk events, in non-empty batches as they came: translated, or checked (see
+    `shape`) and passed on as they are. Raises the error an event reports (vLLM sends
+    `data: {"error": {..., "code": 400}}` in a 200 stream), or BadEvent for an event that is
+    not a chunk, once the events before it have been handed on."""
+    async for batch in batches:
+        out: list[bytes] = []
         try:
-            translated = translator.feed(event)
-        except GatewayError as error:
-            # An error the upstream reported names its status; one without a status is
-            # the translator's "cannot read this event".
-            if error.upstream_status is None:
-                raise BadEvent from None
+            for event in batch:
+                if translator is None:
+                    if not is_done(event):
+                        check_event(event)
+                    out.append(event)
+                else:
+                    out += _translated(translator, event)
+        except (GatewayError, BadEvent):
+            if out:
+                yield out
             raise
-        for chunk in translated:
-            yield chunk
+        if out:
+            yield out
+
+
+def _translated(translator: StreamTranslator, event: bytes) -> list[bytes]:
+    try:
+        return translator.feed(event)
+    except GatewayError as error:
+        # An error the upstream reported names its status; one without a status is the
+        # translator's "cannot read this event".
+        if error.upstream_status is None:
+            raise BadEvent from None
+        raise
 
 
 async def _failed_status(response: Response) -> AttemptFailed:

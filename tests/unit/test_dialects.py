@@ -79,8 +79,8 @@ async def relayed(raw: bytes) -> tuple[list[bytes], GatewayError | None]:
 
     out: list[bytes] = []
     try:
-        async for event in openai_events(iter_events(chunks(), 1 << 20), None):
-            out.append(event)
+        async for batch in openai_events(iter_events(chunks(), 1 << 20), None):
+            out += batch
     except GatewayError as error:
         return out, error
     return out, None

@@ -15,7 +15,7 @@ async def feed(*chunks: bytes) -> AsyncIterator[bytes]:
 
 
 async def collect(*chunks: bytes, limit: int = 1024) -> list[bytes]:
-    return [event async for event in iter_events(feed(*chunks), limit)]
+    return [event async for batch in iter_events(feed(*chunks), limit) for event in batch]
 
 
 async def test_events_split_across_chunks_are_reassembled() -> None:
@@ -24,10 +24,20 @@ async def test_events_split_across_chunks_are_reassembled() -> None:
     assert got == [b'data: {"a": 1}\n\n', b"data: [DONE]\n\n"]
 
 
-async def test_several_events_in_one_chunk_come_out_one_by_one() -> None:
+async def test_several_events_in_one_chunk_come_out_in_order_as_one_batch() -> None:
     got = await collect(b"data: 1\n\ndata: 2\n\n: keep-alive\n\n")
+    batches = [b async for b in iter_events(feed(b"data: 1\n\ndata: 2\n\nda", b"ta: 3\n\n"), 64)]
 
     assert got == [b"data: 1\n\n", b"data: 2\n\n", b": keep-alive\n\n"]
+    assert batches == [[b"data: 1\n\n", b"data: 2\n\n"], [b"data: 3\n\n"]]
+
+
+async def test_the_events_before_an_oversized_one_are_handed_on_first() -> None:
+    batches = iter_events(feed(b"data: 1\n\ndata: " + b"x" * 100 + b"\n\n"), 64)
+
+    assert await anext(batches) == [b"data: 1\n\n"]
+    with pytest.raises(EventTooLarge):
+        await anext(batches)
 
 
 async def test_crlf_framing_is_normalized_even_when_split_between_cr_and_lf() -> None:

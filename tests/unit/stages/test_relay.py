@@ -1,6 +1,7 @@
 """The relay stage on its own: a whole answer goes out as it came; a stream's events go out
-one by one, the usage chunk the gateway asked for is noted (and shown only to a client
-that asked for it too), and content events are counted for when no usage comes."""
+as they came, those that arrived together in one write; the usage chunk the gateway asked
+for is noted (and shown only to a client that asked for it too), and content events are
+counted for when no usage comes."""
 
 from __future__ import annotations
 
@@ -39,9 +40,21 @@ async def test_the_usage_chunk_is_noted_and_shown_only_to_a_client_that_asked() 
     for client_asked in (False, True):
         relayed, response = RelayRecord(), Captured()
 
-        done = [await _forward(e, response, relayed, client_asked) for e in (CONTENT, USAGE, DONE)]
+        done = [
+            await _forward([e], response, relayed, client_asked) for e in (CONTENT, USAGE, DONE)
+        ]
 
         assert done == [False, False, True]
         assert relayed.usage == Usage(3, 1)
         assert response.written == ([CONTENT, USAGE, DONE] if client_asked else [CONTENT, DONE])
         assert relayed.content_events == (2 if client_asked else 1)
+
+
+async def test_events_that_arrived_together_go_out_in_one_write_up_to_done() -> None:
+    relayed, response = RelayRecord(), Captured()
+
+    done = await _forward([CONTENT, CONTENT, USAGE, DONE, CONTENT], response, relayed, False)
+
+    assert done
+    assert response.written == [CONTENT + CONTENT + DONE]
+    assert (relayed.content_events, relayed.usage) == (2, Usage(3, 1))
