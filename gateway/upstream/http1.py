@@ -29,9 +29,10 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from aiohttp.client_exceptions import ClientConnectionError, ServerTimeoutError
+from aiohttp.client_exceptions import ClientConnectionError, ClientError, ServerTimeoutError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import set_exception
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 
@@ -45,6 +46,11 @@ _READ_BUFSIZE = 2**16
 
 class ConnectTimeout(TimeoutError):
     """The connection (TCP and TLS) was not made within the `connect` timeout."""
+
+
+class MalformedResponse(ClientError):
+    """The upstream's answer is not HTTP/1.1 the parser accepts (its status line or
+    headers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +152,9 @@ class Connections:
         ends_at: float,
     ) -> Response:
         """Sends a POST with `body` (`extra_head`: more header lines, each ending in CRLF)
-        and returns once the answer's head has arrived. Raises ConnectTimeout, OSError
-        (refused, reset, TLS), or aiohttp's ClientError or ServerTimeoutError (`idle`)."""
+        and returns once the final answer's head has arrived. Raises ConnectTimeout,
+        OSError (refused, reset, TLS), or aiohttp's ClientError (MalformedResponse
+        included) or ServerTimeoutError (`idle`)."""
         loop = asyncio.get_running_loop()
         idle = self._idle.get(origin)
         if idle is None:
@@ -176,6 +183,12 @@ class Connections:
             )
             protocol.start_timeout()
             message, content = await protocol.read()
+            # Interim answers (103 Early Hints, say) precede the one that counts.
+            while 100 <= message.code < 200:
+                message, content = await protocol.read()
+        except HttpProcessingError:
+            protocol.close()
+            raise MalformedResponse from None
         except BaseException:
             protocol.close()
             raise

@@ -131,3 +131,44 @@ async def test_an_idle_connection_past_the_keepalive_is_not_reused(
 def test_a_header_that_would_break_the_head_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         Origin.of("http://127.0.0.1:9/v1/chat", {"Authorization": value}, None)
+
+
+async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server that reads one request head, writes `answer` as it is, and closes once the
+    client has."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1/chat"
+
+
+async def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
+    server, url = await raw_server(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    connections = Connections()
+    async with server:
+        response = await post(connections, Origin.of(url, {}, None))
+        assert (response.status, await response.content.read()) == (200, b"ok")
+        response.close()
+        await connections.close()
+        await asyncio.sleep(0.05)  # the server's side closes too
+
+
+async def test_a_malformed_answer_is_a_client_error_not_a_crash() -> None:
+    server, url = await raw_server(b"HTTP/1.1 2x0 Not A Status\r\n\r\n")
+    connections = Connections()
+    async with server:
+        with pytest.raises(aiohttp.ClientError):
+            await post(connections, Origin.of(url, {}, None))
+        await connections.close()
+        await asyncio.sleep(0.05)
