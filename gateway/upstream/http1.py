@@ -26,7 +26,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aiohttp.client_exceptions import ClientConnectionError, ClientError, ServerTimeoutError
@@ -55,23 +55,28 @@ class MalformedResponse(ClientError):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where an upstream's requests go, and the start of each request's head."""
+    """Where an upstream's requests go, and the start of each request's head. Two origins
+    are equal when their connections are interchangeable (scheme, host, port and the CA
+    trusted): a reload, which builds new origins (new keys in the head, new TLS contexts),
+    keeps using the connections the old ones opened."""
 
     host: str
     port: int
-    tls: ssl.SSLContext | None
-    head: bytes
+    https: bool
+    ca_file: str | None
+    tls: ssl.SSLContext | None = field(compare=False)
+    head: bytes = field(compare=False)
 
     @classmethod
-    def of(cls, url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None) -> Origin:
-        """The origin of `url` (http or https), sending `headers` with every request.
-        Raises ValueError for a header that would break the head (a line break in a key
-        read from the environment, say)."""
+    def of(cls, url: str, headers: dict[str, str], ca_file: str | None = None) -> Origin:
+        """The origin of `url` (http or https), sending `headers` with every request and
+        trusting `ca_file` (or the system's CAs) for https. Raises ValueError for a header
+        that would break the head (a line break in a key read from the environment, say)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("an upstream URL must be http:// or https:// with a host")
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
         host = parts.hostname
         netloc = f"[{host}]" if ":" in host else host
         if parts.port is not None:
@@ -84,16 +89,19 @@ class Origin:
             if any(c in name + value for c in "\r\n\0") or ":" in name:
                 raise ValueError(f"the {name!r} header of an upstream holds a line break")
             lines.append(f"{name}: {value}")
-        context = (ssl_context or ssl.create_default_context()) if tls else None
-        return cls(host, port, context, ("\r\n".join(lines) + "\r\n").encode("latin-1"))
+        context = ssl.create_default_context(cafile=ca_file) if https else None
+        head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        return cls(host, port, https, ca_file, context, head)
 
 
 class Response:
     """An upstream's answer whose head has arrived: its status, headers and body
     (`content`, an aiohttp StreamReader). `close()` once done with it: the connection is
-    kept for the next request if the body was read to its end, else dropped."""
+    kept for the next request if the body was read to its end, else dropped; either way a
+    read of the body from then on fails (a shutdown cuts a stream by closing it, even one
+    whose last bytes have arrived)."""
 
-    __slots__ = ("_expiry", "_idle", "_protocol", "content", "headers", "status")
+    __slots__ = ("_connections", "_expiry", "_origin", "_protocol", "content", "headers", "status")
 
     def __init__(
         self,
@@ -101,14 +109,16 @@ class Response:
         headers: CIMultiDictProxy[str],
         content: StreamReader,
         protocol: ResponseHandler,
-        idle: deque[tuple[float, ResponseHandler]],
+        connections: Connections,
+        origin: Origin,
         ends_at: float,
     ) -> None:
         self.status = status
         self.headers = headers
         self.content = content
         self._protocol: ResponseHandler | None = protocol
-        self._idle = idle
+        self._connections = connections
+        self._origin = origin
         self._expiry = asyncio.get_running_loop().call_at(ends_at, self._expire)
 
     def close(self) -> None:
@@ -116,17 +126,16 @@ class Response:
         if protocol is None:
             return
         self._expiry.cancel()
-        if self.content.is_eof() and not protocol.should_close and protocol.is_connected():
-            protocol.read_timeout = None
-            protocol.start_timeout()  # with no read timeout: cancels the running one
-            self._idle.append((time.monotonic(), protocol))
+        reusable = self.content.is_eof() and not protocol.should_close
+        if self.content.exception() is None:
+            set_exception(self.content, ClientConnectionError("Connection closed"))
+        if reusable:
+            self._connections.keep(self._origin, protocol)
         else:
-            # Dropping an unfinished answer's connection is what tells the upstream to
-            # stop generating. A read still waiting on the body fails (as with aiohttp's
-            # own response): the protocol lets go of the body when it closes.
-            if not self.content.is_eof():
-                set_exception(self.content, ClientConnectionError("Connection closed"))
-            protocol.close()
+            # Aborted, not closed: a close would wait to flush a request body the
+            # upstream may never read. The reset is also what tells the upstream to stop
+            # generating.
+            protocol.abort()
 
     def _expire(self) -> None:
         # The attempt's `total` ran out: a read of the body fails from now on.
@@ -135,10 +144,13 @@ class Response:
 
 class Connections:
     """The process's connections to the upstreams, kept alive between requests; shared by
-    every configuration generation (a reload keeps them)."""
+    every configuration generation (a reload keeps them). Idle ones are reused most recent
+    first and closed once unused for KEEPALIVE_S (checked when one is kept, and by a sweep
+    every KEEPALIVE_S while any is idle)."""
 
     def __init__(self) -> None:
         self._idle: dict[Origin, deque[tuple[float, ResponseHandler]]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self.closed = False
 
     async def post(
@@ -155,19 +167,15 @@ class Connections:
         and returns once the final answer's head has arrived. Raises ConnectTimeout,
         OSError (refused, reset, TLS), or aiohttp's ClientError (MalformedResponse
         included) or ServerTimeoutError (`idle`)."""
+        if self.closed:
+            raise ClientConnectionError("The upstream connections are closed.")
         loop = asyncio.get_running_loop()
-        idle = self._idle.get(origin)
-        if idle is None:
-            idle = self._idle[origin] = deque()
-        protocol = _reusable(idle)
+        protocol = self._reusable(origin)
         if protocol is None:
             try:
                 async with asyncio.timeout(connect_timeout):
                     _, protocol = await loop.create_connection(
-                        lambda: ResponseHandler(loop),
-                        origin.host,
-                        origin.port,
-                        ssl=origin.tls,
+                        lambda: ResponseHandler(loop), origin.host, origin.port, ssl=origin.tls
                     )
             except TimeoutError:
                 raise ConnectTimeout from None
@@ -183,36 +191,71 @@ class Connections:
             )
             protocol.start_timeout()
             message, content = await protocol.read()
-            # Interim answers (103 Early Hints, say) precede the one that counts.
-            while 100 <= message.code < 200:
+            # Interim answers (103 Early Hints, say) precede the one that counts; a switch
+            # of protocols (101) was never asked for.
+            while 100 <= message.code < 200 and message.code != 101:
                 message, content = await protocol.read()
+            if message.code == 101:
+                raise MalformedResponse
         except HttpProcessingError:
-            protocol.close()
+            protocol.abort()
             raise MalformedResponse from None
         except BaseException:
-            protocol.close()
+            protocol.abort()
             raise
-        return Response(message.code, message.headers, content, protocol, idle, ends_at)
+        return Response(message.code, message.headers, content, protocol, self, origin, ends_at)
+
+    def keep(self, origin: Origin, protocol: ResponseHandler) -> None:
+        """Keeps a connection whose answer was read to its end for the next request."""
+        if self.closed or not protocol.is_connected():
+            protocol.abort()
+            return
+        protocol.read_timeout = None
+        protocol.start_timeout()  # with no read timeout: cancels the running one
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = deque()
+        now = time.monotonic()
+        _close_older(idle, now - KEEPALIVE_S)
+        idle.append((now, protocol))
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._swept)
+
+    def _reusable(self, origin: Origin) -> ResponseHandler | None:
+        """The most recently used idle connection to `origin` still open and young enough."""
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        _close_older(idle, time.monotonic() - KEEPALIVE_S)
+        while idle:
+            protocol = idle.pop()[1]
+            if protocol.is_connected() and not protocol.should_close:
+                return protocol
+            protocol.abort()
+        return None
+
+    def _swept(self) -> None:
+        self._sweep = None
+        oldest = time.monotonic() - KEEPALIVE_S
+        for origin, idle in list(self._idle.items()):
+            _close_older(idle, oldest)
+            if not idle:
+                del self._idle[origin]
+        if self._idle:
+            self._sweep = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._swept)
 
     async def close(self) -> None:
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             while idle:
                 idle.pop()[1].close()
+        self._idle.clear()
 
 
-def _reusable(idle: deque[tuple[float, ResponseHandler]]) -> ResponseHandler | None:
-    """The most recently used idle connection still open and young enough; older ones
-    (every one below an expired one is older) are closed."""
-    now = time.monotonic()
-    while idle:
-        since, protocol = idle.pop()
-        if now - since > KEEPALIVE_S:
-            protocol.close()
-            while idle:
-                idle.pop()[1].close()
-            return None
-        if protocol.is_connected() and not protocol.should_close:
-            return protocol
-        protocol.close()
-    return None
+def _close_older(idle: deque[tuple[float, ResponseHandler]], oldest: float) -> None:
+    """Closes the connections idle since before `oldest` (the deque is oldest first)."""
+    while idle and idle[0][0] < oldest:
+        idle.popleft()[1].close()
