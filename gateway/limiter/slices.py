@@ -131,6 +131,8 @@ class KeyState:
     # Units Redis admitted directly since the last slice was asked for (no slice could
     # serve them): demand the next slice should cover.
     missed: int = 0
+    # Concurrency: slots of this process's slices in use by its requests.
+    in_use: int = 0
 
     def view(self) -> int:
         """Units left as this process sees them: Redis's last report plus what it holds."""
@@ -207,6 +209,7 @@ class SliceBook:
             if state.kind is LimitKind.CONCURRENCY:
                 taken.members.append(piece.free.pop())
                 piece.left -= 1
+                state.in_use += 1
             else:
                 piece.left -= tokens if state.kind is LimitKind.TOKENS else 1
             low = low or piece.left * 2 < piece.size
@@ -234,6 +237,7 @@ class SliceBook:
         for state, piece in zip(taken.states, taken.slices, strict=True):
             if state.kind is LimitKind.CONCURRENCY:
                 member = next(members)
+                state.in_use -= 1
                 # Back to the key's live slice, even when its own is gone: it is this
                 # process's, and another request can use it without a call.
                 target = piece if piece.live else state.current
@@ -312,25 +316,30 @@ class SliceBook:
             return
         states = plan.states or self._resolve(plan)
         needed: list[KeyState] = []
+        urgent = False
         for state in states:
             if state.remaining < 0:
                 return  # Redis has not said yet how much is left
             spare, piece = state.spare, state.current
-            if (spare is not None and spare.live) or (
-                piece is not None
-                and piece.left * 2 >= piece.size
-                and piece.expires - now > self._ttl_s / 2
-            ):
+            if state.refilling or (spare is not None and spare.live):
                 continue
-            if not state.refilling:
+            if piece is None or not piece.live or piece.left * 2 < piece.size:
+                urgent = True
                 needed.append(state)
-        if not needed:
+            elif piece.left * 4 < piece.size * 3 or piece.expires - now < self._ttl_s / 2:
+                # Not needed yet, but soon: in the same call, so that a budget's limits
+                # are refilled together rather than each by a call of its own.
+                needed.append(state)
+        if not urgent:
             return
         wanted = []
         for state in needed:
             least = MIN_SLICE * (tokens if state.kind is LimitKind.TOKENS else 1)
             piece = state.current
-            if piece is not None and piece.left * 2 < piece.size and piece.expires > now:
+            if state.kind is LimitKind.CONCURRENCY:
+                # Slots are a level, not a rate: enough for twice those in use here.
+                state.want = 2 * state.in_use
+            elif piece is not None and piece.left * 2 < piece.size and piece.expires > now:
                 # Spent half within its life: demand outruns it. The next one at least
                 # doubles, or covers a lifetime at the rate this one was spent.
                 rate = (piece.size - piece.left) / max(now - piece.granted, 0.001)
@@ -420,7 +429,8 @@ class SliceBook:
             state.current, state.spare = state.spare, None
         elif state.spare is piece:
             state.spare = None
-        if piece.left * 2 > piece.size:  # mostly unused: the next one smaller
+        if piece.left * 2 > piece.size and state.kind is not LimitKind.CONCURRENCY:
+            # Mostly unused: the next one smaller.
             state.want = piece.size // 2
         returns = self._returns_of(state, piece, piece.left)
         piece.left, piece.free = 0, []
