@@ -287,7 +287,8 @@ class TeamConfig(BaseModel):
 
 class RateLimitConfig(BaseModel):
     """`failure_mode` and `default_max_tokens` reload; the other settings belong to the
-    backend and the failure counter, built once, and take effect only with a restart."""
+    backend (its slices included) and the failure counter, built once, and take effect only
+    with a restart."""
 
     model_config = _FROZEN
 
@@ -306,6 +307,12 @@ class RateLimitConfig(BaseModel):
     # Completion tokens reserved for a request that sets no max_tokens.
     default_max_tokens: Annotated[int, Field(ge=1)] = 1024
     key_prefix: Name = "llmgw"
+    # Budget slices (Redis only, see gateway/limiter/slices.py): a process takes a slice of
+    # a team's budget in one Redis call and admits against it locally. Off: every admission
+    # is one Redis call.
+    slices: bool = True
+    # How long a slice lives; what it holds unused then is given back.
+    slice_ttl_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
 
     @field_validator("redis_url")
     @classmethod

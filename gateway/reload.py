@@ -36,11 +36,12 @@ the audit trail; the key expiry log (an expiry is logged once per process).
 **What needs a restart** (`restart_needed`): settings read once, by those surviving parts
 or by the process itself: every `server.*` setting (the listener and its limits, logs, the
 audit path); `rate_limits.redis_url`, `redis_timeout_ms`, `redis_retry_interval_s`,
-`key_prefix` and `warn_interval_s`; every `auth_failures.*` setting; the set of upstreams
-(adding or removing one); an upstream's `base_url` and `max_connections` (its pool and its
-health are its address's). A file that changes any of them is refused whole, with result
-`restart_required` and one line naming each such field; the configuration in force stays.
-Nothing is applied in part, and nothing is ignored silently.
+`key_prefix`, `warn_interval_s`, `slices` and `slice_ttl_ms`; every `auth_failures.*`
+setting; the set of upstreams (adding or removing one); an upstream's `base_url` and
+`max_connections` (its pool and its health are its address's). A file that changes any
+of them is refused whole, with result `restart_required` and one line naming each such
+field; the configuration in force stays. Nothing is applied in part, and nothing is
+ignored silently.
 
 **How.** The file and the policy files are read, validated (the checks and messages of
 `check-config`), compared with the configuration in force and built into a new generation
@@ -107,6 +108,8 @@ _RESTART_ONLY_RATE_LIMITS = (
     "redis_retry_interval_s",
     "key_prefix",
     "warn_interval_s",
+    "slices",
+    "slice_ttl_ms",
 )
 # An upstream's address and pool size: its pool, its health and the process's open-files
 # budget are sized for them.

@@ -86,6 +86,11 @@ class Settlement:
     ticket_key: str | None
     lease_keys: tuple[str, ...]
     adjustments: tuple[TokenAdjustment, ...]
+    # Not 0: no ticket was ever opened for it (a request admitted from a budget slice,
+    # see `limiter.slices`, whose slice is gone); the first call that carries it applies
+    # its adjustments and leaves a marker under `ticket_key` for this many ms, so a call
+    # carrying it again applies nothing.
+    once_ms: int = 0
 
     @functools.cached_property
     def keys(self) -> tuple[str, ...]:
@@ -96,17 +101,37 @@ class Settlement:
     @functools.cached_property
     def wire(self) -> str:
         """The settlement as one string of space-separated words, which the Redis script
-        parses: lease id, 0 or 1 and the ticket key, the number of lease keys and each,
-        the number of adjustments and each as key, limit, delta, period. Built once,
-        however often the settlement is carried (one argument instead of a dozen, which
-        is most of the cost of carrying it). Keys never hold whitespace: the names they
-        are made of cannot."""
-        ticket = ["0"] if self.ticket_key is None else ["1", self.ticket_key]
+        parses: lease id, 0 or 1 and the ticket key (or 2, the key and `once_ms`), the
+        number of lease keys and each, the number of adjustments and each as key, limit,
+        delta, period. Built once, however often the settlement is carried (one argument
+        instead of a dozen, which is most of the cost of carrying it). Keys never hold
+        whitespace: the names they are made of cannot."""
+        if self.ticket_key is None:
+            ticket = ["0"]
+        elif self.once_ms:
+            ticket = ["2", self.ticket_key, str(self.once_ms)]
+        else:
+            ticket = ["1", self.ticket_key]
         words = [self.lease_id, *ticket, str(len(self.lease_keys)), *self.lease_keys]
         words.append(str(len(self.adjustments)))
         for a in self.adjustments:
             words += [a.key, str(a.limit), str(a.delta), str(a.period_ms)]
         return " ".join(words)
+
+
+@dataclass(frozen=True, slots=True)
+class SliceRequest:
+    """One budget slice asked of the backend (see `limiter.slices`): exactly `want` units
+    of a bucket, or `want` concurrency slots, under the id `slice_id`, kept `ttl_ms` (a
+    bucket slice's ticket, a concurrency slice's lease members)."""
+
+    kind: LimitKind
+    key: str
+    limit: int
+    period_ms: int
+    want: int
+    slice_id: str
+    ttl_ms: int
 
 
 class LimiterUnavailable(Exception):

@@ -85,7 +85,11 @@ class MemoryLimiter:
             if settlement.ticket_key is None:
                 continue
             tickets = self._open_tickets(settlement.ticket_key, now)
-            if tickets.pop(settlement.lease_id, now) <= now:
+            if settlement.once_ms:
+                if tickets.get(settlement.lease_id, now) > now:
+                    continue  # applied before
+                tickets[settlement.lease_id] = now + settlement.once_ms
+            elif tickets.pop(settlement.lease_id, now) <= now:
                 continue  # settled before, expired, or its admission never took effect
             for adjustment in settlement.adjustments:
                 tat = self._tat.get(adjustment.key, now)

@@ -8,12 +8,16 @@ breaker and a clock offset, and for a cluster the slot map and how it follows th
 changes. The rate limiter (`limiter.redis`) and the failed-authentication counter
 (`limiter.failures`) each have their own.
 
-A call is one EVALSHA (one round trip) on the node that serves its keys' slot: every key of
-a call shares one hash tag, so one slot. The whole call, redirects included, has one hard
-deadline (`redis_timeout_ms`). NOSCRIPT (a restart, a SCRIPT FLUSH, a promoted replica,
-which never saw the scripts) is answered by loading the script on the same connection. A
-connection whose call was cancelled or failed is dropped, never handed to the next caller
-with a reply still on its way.
+A call is one EVALSHA on the node that serves its keys' slot: every key of a call shares one
+hash tag, so one slot. Calls to one node within one event-loop tick are coalesced: sent
+together in one write on one connection and answered in one round trip (a pipeline, not a
+transaction: each script is atomic by itself), each caller getting its own reply; under a
+burst that is one round trip, and one connection, for many admissions. The whole call,
+redirects included, has one hard deadline (`redis_timeout_ms`). NOSCRIPT (a restart, a
+SCRIPT FLUSH, a promoted replica, which never saw the scripts) is answered by loading the
+script on the same connection. A connection whose exchange was cancelled or failed is
+dropped, never handed to the next caller with a reply still on its way; a batch runs in a
+task of its own, so a caller that gives up does not interrupt it.
 
 Breakers are per node: a node that refuses connections (or answers CLUSTERDOWN), or misses
 the deadline three times in a row, gets no call for `redis_retry_interval_s`, then the next
@@ -66,6 +70,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -190,7 +195,16 @@ class ClockOffset:
 class RedisNode:
     """One Redis server: its pool (connections open on first use), breaker and clock."""
 
-    __slots__ = ("_waiters", "address", "consecutive_failures", "down_until", "offset", "pool")
+    __slots__ = (
+        "_waiters",
+        "address",
+        "batch",
+        "batches",
+        "consecutive_failures",
+        "down_until",
+        "offset",
+        "pool",
+    )
 
     def __init__(self, address: str, url: str, timeout: float) -> None:
         self.address = address
@@ -209,6 +223,10 @@ class RedisNode:
         self.consecutive_failures = 0
         # Callers waiting for a connection while all are in use, in order of asking.
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Script calls queued in this event-loop tick, sent together at its end (see
+        # `_pipelined`), and the batches on their way.
+        self.batch: list[tuple[tuple[Any, ...], Script, asyncio.Future[Any]]] | None = None
+        self.batches: set[asyncio.Task[None]] = set()
 
     async def connection(self) -> Any:
         """A pooled connection; while all are in use, the next one given back. redis-py's
@@ -366,6 +384,9 @@ class RedisNodes:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         nodes = self._nodes.values() if self._target.cluster else (self._single,)
+        batches = [task for node in nodes for task in node.batches]
+        if batches:  # each is bounded by the connection's timeouts
+            await asyncio.wait(batches, timeout=self._setup_timeout)
         # A pool hands its connections out but closes them only when asked.
         await asyncio.gather(*(node.pool.disconnect() for node in nodes))
 
@@ -401,7 +422,9 @@ class RedisNodes:
         for _ in range(2):
             node = at[-1]
             try:
-                return await _exchange(node, command, script, asking=asking)
+                if asking:
+                    return await _exchange(node, command, script, asking=True)
+                return await _pipelined(node, command, script)
             except AskError as redirect:  # MovedError is an AskError
                 if not self._target.cluster:
                     raise _NotRun(
@@ -554,6 +577,87 @@ def _stamp(args: list[Any], deadline: float, node: RedisNode) -> None:
     none while that clock is not known."""
     offset = node.offset.lower_bound()
     args[0] = "" if offset is None else math.floor(deadline * 1000 + offset)
+
+
+async def _pipelined(node: RedisNode, command: tuple[Any, ...], script: Script) -> Any:
+    """One script call on `node`, sent with every other call made to it in the same
+    event-loop tick: one write and one round trip for all (a pipeline, not a transaction:
+    each is its own atomic script), each caller getting its own reply or error. The batch
+    runs in a task of its own, so a caller that gives up (deadline, cancellation) leaves
+    it to read every reply: its connection goes back to the pool clean."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    if node.batch is None:
+        node.batch = []
+        loop.call_soon(_send_batch, node)
+    node.batch.append((command, script, future))
+    return await future
+
+
+def _send_batch(node: RedisNode) -> None:
+    batch, node.batch = node.batch or [], None
+    task = asyncio.get_running_loop().create_task(_run_batch(node, batch), name="redis-batch")
+    node.batches.add(task)
+    task.add_done_callback(node.batches.discard)
+
+
+async def _run_batch(
+    node: RedisNode, batch: list[tuple[tuple[Any, ...], Script, asyncio.Future[Any]]]
+) -> None:
+    replies: list[Any] = []
+    try:
+        connection = await node.connection()
+    except BaseException as exc:  # every caller gets the failure
+        _fail(batch, exc)
+        return
+    try:
+        await connection.send_packed_command(connection.pack_commands([c for c, _, _ in batch]))
+        for _ in batch:
+            replies.append(await _reply(connection))
+        # NOSCRIPT (a restarted or flushed Redis): load the scripts, send those again.
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for script in {batch[i][1] for i in missing}:
+                await connection.send_command("SCRIPT", "LOAD", script.source)
+                await connection.read_response()
+            again = connection.pack_commands([batch[i][0] for i in missing])
+            await connection.send_packed_command(again)
+            for i in missing:
+                replies[i] = await _reply(connection)
+    except BaseException as exc:
+        # A reply may still be in flight on this connection: never hand it to a caller.
+        await connection.disconnect(nowait=True)
+        _fail(batch, exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return
+    finally:
+        await node.release(connection)
+    for (_, _, future), reply in zip(batch, replies, strict=True):
+        if not future.done():
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+async def _reply(connection: Any) -> Any:
+    """The next reply; an error reply (already read whole) as its exception."""
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error
+
+
+def _fail(
+    batch: list[tuple[tuple[Any, ...], Script, asyncio.Future[Any]]], exc: BaseException
+) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
 
 
 async def _exchange(

@@ -42,9 +42,11 @@ from gateway.limiter.base import (
     LimiterUnavailable,
     LimitKind,
     Settlement,
+    SliceRequest,
 )
 from gateway.limiter.nodes import ClockOffset as ClockOffset  # the tests' name for it
 from gateway.limiter.nodes import RedisNodes, Script
+from gateway.limiter.slices import SLICE_DIVISOR, SliceBook
 
 _NOW = f"""
 local clock = redis.call('TIME')
@@ -58,9 +60,12 @@ local slack = {SLACK_MS}
 # ARGV: deadline in Redis milliseconds ('' for none), lease id, lease ttl ms, index of the
 #   ticket key (0: no ticket), number of checks; per check: key index, kind ('b' bucket or
 #   'c' concurrency), limit, cost, period ms; number of settlements, then each in its wire
-#   form (`Settlement.wire`: one string; its keys, named there, are in KEYS too).
+#   form (`Settlement.wire`: one string; its keys, named there, are in KEYS too); then the
+#   slices wanted: index of the key their tickets go under, the divisor, their number, and
+#   per slice: key index, kind, limit, period ms, units wanted, id, ttl ms.
 # Returns: Redis's now (ms), 1 if decided or 0 if the deadline had passed (nothing taken),
-#   then per check: allowed, remaining, reset_ms, retry_after_ms (-1: none).
+#   then per check: allowed, remaining, reset_ms, retry_after_ms (-1: none); then per slice:
+#   granted (1 or 0), units left after it.
 LIMIT = (
     _NOW
     + """
@@ -99,7 +104,8 @@ local ticket, checks = tonumber(ARGV[4]), tonumber(ARGV[5])
 -- Settlements first, so the checks below count every request that finished before this
 -- one. Each applies its token difference only if it closes its request's ticket.
 at = 5 + checks * 5
-for _ = 1, int() do
+local settlements = int()
+for _ = 1, settlements do
   local w = {}
   for word in string.gmatch(arg(), '%S+') do
     w[#w + 1] = word
@@ -108,6 +114,13 @@ for _ = 1, int() do
   if w[2] == '1' then
     open = redis.call('ZREM', tickets(w[3]), id) == 1
     p = 4
+  elseif w[2] == '2' then
+    -- No ticket was opened (a request admitted from a slice): applied by the first call
+    -- that carries it, which leaves a marker for as long as it may be carried again.
+    local marks, life = tickets(w[3]), tonumber(w[4])
+    open = redis.call('ZADD', marks, 'NX', now + life, id) == 1
+    keep(marks, life)
+    p = 5
   end
   for _ = 1, tonumber(w[p]) do
     p = p + 1
@@ -129,6 +142,7 @@ for _ = 1, int() do
     p = p + 4
   end
 end
+local grants_at = at
 
 -- Its caller has given up: whatever this took, nobody would give back.
 if deadline and now >= deadline then
@@ -191,6 +205,44 @@ if ok then
     keep(KEYS[ticket], ttl)
   end
 end
+
+-- Slices (see limiter.slices): each grant takes exactly `want` units, and only while that
+-- is at most 1/divisor of what is left; else nothing. A bucket's slice is consumed like an
+-- admission of cost `want` and opens a ticket (its id) that its return closes; a
+-- concurrency slice is `want` lease members, id.0 .. id.(want-1).
+at = grants_at
+local grant_ticket, divisor = int(), int()
+for _ = 1, int() do
+  local key = KEYS[int()]
+  local kind, limit, period, want, id, life = arg(), int(), int(), int(), arg(), int()
+  local r = #out
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local free = limit - redis.call('ZCARD', key)
+    if want * divisor <= free then
+      for i = 0, want - 1 do
+        redis.call('ZADD', key, now + life, id .. '.' .. i)
+      end
+      keep(key, life)
+      out[r + 1], out[r + 2] = 1, free - want
+    else
+      out[r + 1], out[r + 2] = 0, math.max(free, 0)
+    end
+  else
+    local interval = period / limit
+    local tat = tonumber(redis.call('GET', key) or now)
+    local base = math.max(tat, now)
+    local left = math.max(math.floor((period - (base - now) + slack) / interval), 0)
+    if want * divisor <= left then
+      store(key, base + want * interval)
+      redis.call('ZADD', tickets(KEYS[grant_ticket]), now + life, id)
+      keep(KEYS[grant_ticket], life)
+      out[r + 1], out[r + 2] = 1, left - want
+    else
+      out[r + 1], out[r + 2] = 0, left
+    end
+  end
+end
 return out
 """
 )
@@ -232,6 +284,14 @@ class _Call:
                 self.key(key)
             self.args.append(settlement.wire)
 
+    def slices(self, tickets_key: str | None, wanted: Sequence[SliceRequest]) -> None:
+        args = self.args
+        args += [self.key(tickets_key), SLICE_DIVISOR, len(wanted)]
+        for want in wanted:
+            kind = "c" if want.kind is LimitKind.CONCURRENCY else "b"
+            args += [self.key(want.key), kind, want.limit, want.period_ms, want.want]
+            args += [want.slice_id, want.ttl_ms]
+
 
 class RedisLimiter:
     def __init__(self, config: RateLimitConfig, url: str) -> None:
@@ -243,6 +303,10 @@ class RedisLimiter:
             timeout_s=self._timeout,
             retry_interval_s=config.redis_retry_interval_s,
             scripts=(self._limit, self._peek),
+        )
+        # Budget slices (see `limiter.slices`); None: one call per admission.
+        self.slices: SliceBook | None = (
+            SliceBook(self, config.slice_ttl_ms / 1000.0) if config.slices else None
         )
 
     @property
@@ -265,6 +329,7 @@ class RedisLimiter:
             kind = "c" if check.kind is LimitKind.CONCURRENCY else "b"
             args += [call.key(check.key), kind, check.limit, check.cost, check.period_ms]
         call.settlements(settlements)
+        call.slices(None, ())
         flat = await self._run(call, with_deadline=True)
         return [
             CheckResult(
@@ -282,8 +347,22 @@ class RedisLimiter:
         call = _Call()
         call.args += ["", 0, 0, 0]  # no lease, no ticket, no check
         call.settlements(settlements)
+        call.slices(None, ())
         # No deadline: a settlement applied late is still right (and applied once).
         await self._run(call, with_deadline=False)
+
+    async def take_slices(
+        self, tickets_key: str, wanted: Sequence[SliceRequest]
+    ) -> list[tuple[bool, int]]:
+        """Asks for budget slices in one call (one team's keys): per slice, whether it was
+        granted and the units Redis has left after it. With the deadline: a late call
+        takes nothing."""
+        call = _Call()
+        call.args += ["", 0, 0, 0]  # no lease, no ticket, no check
+        call.settlements(())
+        call.slices(tickets_key, wanted)
+        flat = await self._run(call, with_deadline=True)
+        return [(flat[i] == 1, int(flat[i + 1])) for i in range(2, len(flat), 2)]
 
     async def in_flight(self, key: str) -> int:
         now_ms = int(time.time() * 1000)
@@ -302,6 +381,8 @@ class RedisLimiter:
         await self._nodes.warm_up(mark_failure=True)
 
     async def close(self) -> None:
+        if self.slices is not None:
+            await self.slices.close()  # gives back what the slices hold unused
         await self._nodes.close()
 
     @property

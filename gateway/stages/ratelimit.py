@@ -57,6 +57,7 @@ from gateway.limiter.base import (
     Settlement,
     TokenAdjustment,
 )
+from gateway.limiter.slices import LocalTake, SliceBook, SliceEntry, SlicePlan
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import Exchange, Stage, need
 from gateway.tasks import BackgroundTasks
@@ -105,6 +106,8 @@ class _Budget:
     # Where admitted requests of the team get their ticket; None when no token is limited
     # (nothing to reconcile, and releasing a lease is idempotent by itself).
     ticket_key: str | None
+    # Its limits as budget slices see them; None without slices (see `limiter.slices`).
+    plan: SlicePlan | None = None
 
 
 @dataclass(slots=True)
@@ -119,6 +122,8 @@ class Admission:
     ticket_key: str | None = None
     # How long the backend keeps the lease and the ticket (ms).
     lease_ttl_ms: int = _LEASE_SLACK_MS
+    # Admitted from budget slices, in this process (no lease id, keys or ticket in Redis).
+    local: LocalTake | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +189,9 @@ class RateLimitStage(Stage):
         self._fail_open = config.rate_limits.failure_mode == "open"
         self._warn_interval = config.rate_limits.warn_interval_s
         self._budgets: dict[tuple[str, str], _Budget] = {}
+        # The backend's budget slices, shared by every generation (None: one call each).
+        book = getattr(backend, "slices", None)
+        self._book = book if isinstance(book, SliceBook) else None
         # Not written here: a reload builds the stage off the event loop.
         self._shared = Settlements() if settlements is None else settlements
         prefix = config.rate_limits.key_prefix
@@ -203,10 +211,20 @@ class RateLimitStage(Stage):
                         for target in model.upstreams
                     )
                     tokens = any(layer.tokens is not None for layer in layers)
+                    lease_ttl_ms = int(longest * 1000) + _LEASE_SLACK_MS
+                    plan = None
+                    if self._book is not None:
+                        entries = tuple(
+                            SliceEntry(c.kind, c.key, c.limit, c.period_ms)
+                            for layer in layers
+                            for c in layer.checks(1)
+                        )
+                        plan = SlicePlan(entries, f"{team_key}:tickets", lease_ttl_ms)
                     self._budgets[team_name, model_name] = _Budget(
                         tuple(layers),
-                        int(longest * 1000) + _LEASE_SLACK_MS,
+                        lease_ttl_ms,
                         f"{team_key}:tickets" if tokens else None,
+                        plan,
                     )
 
     async def enter(self, exchange: Exchange) -> None:
@@ -231,6 +249,20 @@ class RateLimitStage(Stage):
         budget = self._budgets.get((team, model))
         if budget is None:
             return None
+        plan, book = budget.plan, self._book
+        if plan is not None and book is not None:
+            # From this process's slices, when they have room: no Redis call, no await.
+            taken = book.take(plan, tokens)
+            if taken is not None:
+                return Admission(
+                    "",
+                    [],
+                    [],
+                    tokens,
+                    _slice_headers(taken),
+                    lease_ttl_ms=budget.lease_ttl_ms,
+                    local=taken,
+                )
         checks = [check for layer in budget.layers for check in layer.checks(tokens)]
         lease_id = secrets.token_hex(8)
         started = time.monotonic()
@@ -260,6 +292,9 @@ class RateLimitStage(Stage):
             self._give_back(team, admission, started)
             raise
         unconfirmed.confirm(carried)
+        if plan is not None and book is not None:
+            # What Redis has left decides whether slices are taken.
+            book.observe(plan, [r.remaining for r in results], tokens)
         admission.headers = _headers(checks, results)
         refused = [(c, r) for c, r in zip(checks, results, strict=True) if not r.allowed]
         if refused:
@@ -272,6 +307,11 @@ class RateLimitStage(Stage):
         """Release the lease and charge `used_tokens` instead of the reservation; the next
         admission of the team in this process sees it, other replicas a flush later."""
         delta = used_tokens - admission.reserved_tokens
+        if admission.local is not None and self._book is not None:
+            # Into its slices while they are live; to Redis (once) what cannot go there.
+            for settlement in self._book.settle(admission.local, delta):
+                self._record(team, settlement, admission.lease_ttl_ms)
+            return
         adjustments = tuple(
             TokenAdjustment(c.key, c.limit, delta, c.period_ms)
             for c in admission.token_checks
@@ -382,6 +422,27 @@ def _headers(checks: list[LimitCheck], results: list[CheckResult]) -> dict[str, 
         headers[f"x-ratelimit-limit-{kind}"] = str(check.limit)
         headers[f"x-ratelimit-remaining-{kind}"] = str(result.remaining)
         headers[f"x-ratelimit-reset-{kind}"] = format_duration(result.reset_ms)
+    return headers
+
+
+def _slice_headers(taken: LocalTake) -> dict[str, str]:
+    """The x-ratelimit-* headers of a request admitted from slices: per kind, the tightest
+    limit's remaining as this process sees it (what Redis reported at the last slice or
+    admission, plus what its slices hold)."""
+    headers: dict[str, str] = {}
+    for kind, name in ((LimitKind.REQUESTS, "requests"), (LimitKind.TOKENS, "tokens")):
+        tightest = -1
+        limit = period = 0
+        for state in taken.states:
+            if state.kind is kind:
+                left = state.view()
+                if tightest < 0 or left < tightest:
+                    tightest, limit, period = left, state.limit, state.period_ms
+        if tightest >= 0:
+            headers[f"x-ratelimit-limit-{name}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{name}"] = str(tightest)
+            spent = max(limit - tightest, 0)
+            headers[f"x-ratelimit-reset-{name}"] = format_duration(spent * period // limit)
     return headers
 
 

@@ -91,6 +91,10 @@ async def test_row_11_redis_killed_mid_traffic_costs_one_deadline_at_most_and_he
         "redis_timeout_ms": DEADLINE_S * 1000,
         "redis_retry_interval_s": RETRY_INTERVAL_S,
         "warn_interval_s": WARN_INTERVAL_S,
+        # Every admission a Redis call: this row is about what a dead Redis costs them.
+        # (With budget slices a live slice admits without Redis until it expires: see
+        # tests/integration/test_budget_slices.py.)
+        "slices": False,
     }
     raw["teams"]["team-a"]["limits"] = {"requests_per_minute": 1_000_000}
     gateway = await start_gateway(raw)

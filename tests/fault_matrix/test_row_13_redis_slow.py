@@ -58,6 +58,10 @@ async def start(
         "failure_mode": failure_mode,
         "redis_timeout_ms": DEADLINE_S * 1000,
         "redis_retry_interval_s": RETRY_INTERVAL_S,
+        # Every admission a Redis call: this row is about what a slow call costs. (With
+        # budget slices a live slice admits without Redis until it expires: see
+        # tests/integration/test_budget_slices.py.)
+        "slices": False,
     }
     raw["teams"]["team-a"]["limits"] = {"requests_per_minute": 1_000_000}
     return await start_gateway(raw)

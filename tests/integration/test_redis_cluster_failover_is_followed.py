@@ -60,6 +60,10 @@ async def test_gateways_follow_a_promoted_replica_and_are_exact_again(
         failure_mode=failure_mode,
         redis_timeout_ms=DEADLINE_S * 1000,
         redis_retry_interval_s=RETRY_INTERVAL_S,
+        # Every admission a Redis call: this test is about how they follow a failover.
+        # (With budget slices a live slice admits without Redis until it expires: see
+        # tests/integration/test_budget_slices.py.)
+        slices=False,
     )
     replica = cluster.replica_of(victim)
     answers: list[tuple[int, str, Answer]] = []  # gateway, team, answer
