@@ -61,6 +61,8 @@ def figures(rps: float, p50: float, p99: float, non_2xx: int = 0) -> dict[str, A
         "max_ms": p99,
         "non_2xx": non_2xx,
         "socket_errors": 0,
+        "cpu_ms_per_request": round(1000 / rps, 4),
+        "requests_per_cpu_s": round(rps),
     }
 
 
@@ -97,6 +99,7 @@ def test_report_has_the_documented_keys_and_verdicts() -> None:
         "redis_stage_p50": True,  # 0.03 ms
         "redis_stage_rps_loss": False,  # 10%
     }
+    assert targets["json_rps_c64"]["per_cpu_second"] == 4500
     report = {
         "date": "2030-01-02T03:04:05Z",
         "machine": {
@@ -113,6 +116,7 @@ def test_report_has_the_documented_keys_and_verdicts() -> None:
         "results": results,
         "targets": targets,
         "problems": ["nginx json-c1 round 2: 1 non-2xx"],
+        "peer_problems": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         written = run.write_report(report, Path(tmp))
@@ -128,6 +132,8 @@ def test_report_has_the_documented_keys_and_verdicts() -> None:
     assert (
         "| Redis stage throughput loss at c=64 (vs limits off) <= 5% | 0.1 | **FAIL** |" in markdown
     )
+    assert "| JSON requests/s at c=64 >= 4,000 | 4500.0 (4,500 per CPU-second) | pass |" in markdown
+    assert "| gateway-redis | 0.222 (4,500) |" in markdown  # CPU per answer
     assert "**errors**" in markdown and "## Problems" in markdown
 
 
