@@ -617,7 +617,8 @@ def detect_peers() -> tuple[dict[str, str], Path | None]:
     litellm = find("litellm")
     local = BENCH / ".peers" / "litellm" / "bin" / "litellm"
     command = Path(litellm) if litellm else local if local.exists() else None
-    notes["litellm"] = f"measured ({command})" if command else "skipped: not installed"
+    shown = command.relative_to(ROOT) if command and command.is_relative_to(ROOT) else command
+    notes["litellm"] = f"measured ({shown})" if command else "skipped: not installed"
     notes["tensorzero"] = (
         "skipped: installed but not wired into this benchmark"
         if find("tensorzero")
@@ -790,11 +791,12 @@ def measure(args: argparse.Namespace) -> int:
                     figures["round"] = round_number + 1
                     # CPU per answer: what the proxy costs, whatever else shares the core.
                     cpu = cpu_after - cpu_before
-                    figures["cpu_ms_per_request"] = round(
-                        cpu * 1000 / max(figures["requests"], 1), 4
+                    answers = figures["requests"]
+                    figures["cpu_ms_per_request"] = (
+                        round(cpu * 1000 / answers, 4) if answers else None
                     )
                     figures["requests_per_cpu_s"] = (
-                        round(figures["requests"] / cpu) if cpu else None
+                        round(answers / cpu) if cpu and answers else None
                     )
                     runs.setdefault(proxy.name, {}).setdefault(case.name, []).append(figures)
                     if figures["non_2xx"] or figures["socket_errors"] or not figures["requests"]:
