@@ -22,7 +22,15 @@ WHEELHOUSES = Path(sys.prefix) / "wheelhouse"
 # Not part of the build: the checkout's environment, caches and earlier build output (a
 # stale build/lib would put deleted modules into the wheel).
 NOT_SOURCES = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench-results"
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    "bench-results",
+    ".peers",
 )
 
 
