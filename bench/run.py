@@ -17,7 +17,11 @@ c=1), and every figure is also given as a ratio to nginx's and to the gateway's
 and 20-chunk SSE load at c=64 and writes bench/results/profile.md (own and total time by
 function) and profile.speedscope.json.
 
+`--baseline REV` also runs the two one-worker gateways from git revision REV's code (a
+`git archive` of its package, imported from the working directory) in the same run.
+
 Usage: python3 bench/run.py [--duration S] [--rounds N] [--workers 1,2] [--quick] [--profile]
+       [--baseline REV] [--out DIR]
 (re-executes itself in the project's .venv, creating it with scripts/setup-env.sh).
 """
 
@@ -664,13 +668,13 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
     logs: list[Any] = []
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(proxy: Proxy, command: list[str]) -> Proxy:
+    def start(proxy: Proxy, command: list[str], cwd: Path = workdir) -> Proxy:
         log = (workdir / f"{proxy.name}.log").open("wb")
         logs.append(log)
         # The gateway's access lines (one a request) go nowhere, as a deployment's to a
         # collector; its warnings and errors (stderr) are kept for the problems list.
         proxy.process = subprocess.Popen(
-            pinned(proxy.cpus, command), stdout=subprocess.DEVNULL, stderr=log, cwd=workdir
+            pinned(proxy.cpus, command), stdout=subprocess.DEVNULL, stderr=log, cwd=cwd
         )
         processes.append(proxy.process)
         return proxy
@@ -740,6 +744,34 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
             if workers > 1:
                 command += ["--workers", str(workers)]
             proxies[label] = start(proxy, command)
+        if args.baseline and not profile:
+            # The same gateways from an earlier commit's code, run from a copy of its
+            # package (`python -m gateway` imports from the working directory first).
+            code = workdir / "baseline"
+            code.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.baseline, "gateway"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+            for name, limited in (("gateway", False), ("gateway-redis", True)):
+                label = f"{name}@{args.baseline}"
+                port = free_port()
+                config = workdir / f"{label}.yaml"
+                config.write_text(
+                    gateway_config(port, upstream_port, redis_url if limited else None, limited)
+                )
+                what = "Redis limits" if limited else "limits off"
+                proxy = Proxy(
+                    label,
+                    f"llm-gateway at {args.baseline}, {what}, 1 worker(s)",
+                    PROXY_CORE,
+                    port,
+                    metrics=limited,
+                )
+                command = [python, "-m", "gateway", "serve", "--config", str(config)]
+                proxies[label] = start(proxy, command, cwd=code)
         if args.litellm is not None:
             port = free_port()
             config = workdir / "litellm.yaml"
@@ -986,6 +1018,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 round")
     parser.add_argument("--profile", action="store_true", help="py-spy profile instead")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the gateways (one worker) from this git revision's code, same run",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 1, 1
