@@ -74,6 +74,17 @@ def config_dict(upstream_url: str, **server: Any) -> dict[str, Any]:
     }
 
 
+def redis_limited_config(
+    upstream_url: str, redis_url: str, limits: dict[str, Any], **rate: Any
+) -> dict[str, Any]:
+    """The suite's configuration with team-a's `limits` counted in the Redis at `redis_url`
+    (`rate`: more `rate_limits` settings)."""
+    raw = config_dict(upstream_url)
+    raw["rate_limits"] = {"redis_url": redis_url, **rate}
+    raw["teams"]["team-a"]["limits"] = limits
+    return raw
+
+
 def make_config(raw: dict[str, Any]) -> GatewayConfig:
     return parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
 

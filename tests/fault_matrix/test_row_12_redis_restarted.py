@@ -22,9 +22,9 @@ from tests.conftest import (
     RunningUpstream,
     StartGateway,
     chat_body,
-    config_dict,
     metric,
     post_chat,
+    redis_limited_config,
 )
 
 LIMIT_SHA = hashlib.sha1(LIMIT.encode(), usedforsecurity=False).hexdigest()
@@ -38,10 +38,10 @@ def script_loaded(redis: RedisProcess) -> bool:
 
 
 def limited(upstream: RunningUpstream, redis: RedisProcess, **rate: Any) -> dict[str, Any]:
-    raw = config_dict(upstream.url)
-    raw["rate_limits"] = {"redis_url": redis.url, "redis_timeout_ms": 500, **rate}
-    raw["teams"]["team-a"]["limits"] = {"requests_per_minute": PER_MINUTE}
-    return raw
+    limits = {"requests_per_minute": PER_MINUTE}
+    return redis_limited_config(
+        upstream.url, redis.url, limits, **{"redis_timeout_ms": 500, **rate}
+    )
 
 
 async def restart_without_state(redis: RedisProcess) -> None:

@@ -21,7 +21,7 @@ from tests.conftest import (
     StartGateway,
     auth,
     chat_body,
-    config_dict,
+    redis_limited_config,
     resp_text,
 )
 from tests.gateway_process import start_gateway_process
@@ -40,10 +40,11 @@ def script_calls(redis: RedisProcess) -> int:
 def limited(
     upstream_url: str, redis_url: str, limits: dict[str, int], **rate: Any
 ) -> dict[str, Any]:
-    raw = config_dict(upstream_url)
+    """Deadlines a loaded machine keeps, and no access lines (thousands of requests)."""
+    raw = redis_limited_config(
+        upstream_url, redis_url, limits, **{"redis_timeout_ms": 1000, **rate}
+    )
     raw["server"]["log_level"] = "warning"
-    raw["rate_limits"] = {"redis_url": redis_url, "redis_timeout_ms": 1000, **rate}
-    raw["teams"]["team-a"]["limits"] = limits
     return raw
 
 

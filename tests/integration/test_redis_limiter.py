@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,21 +25,12 @@ from tests.conftest import (
     StartGateway,
     auth,
     chat_body,
-    config_dict,
     free_port,
+    redis_limited_config,
     wait_ready,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def limited_config(
-    upstream_url: str, redis_url: str, limits: dict[str, Any], **rate: Any
-) -> dict[str, Any]:
-    raw = config_dict(upstream_url)
-    raw["rate_limits"] = {"redis_url": redis_url, **rate}
-    raw["teams"]["team-a"]["limits"] = limits
-    return raw
 
 
 async def post(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], float]:
@@ -54,7 +44,7 @@ async def test_keys_share_the_team_hash_tag_and_expire(
     start_gateway: StartGateway, upstream: RunningUpstream, redis_server: RedisProcess
 ) -> None:
     limits = {"requests_per_minute": 10, "tokens_per_minute": 10_000, "max_concurrent": 3}
-    gateway = await start_gateway(limited_config(upstream.url, redis_server.url, limits))
+    gateway = await start_gateway(redis_limited_config(upstream.url, redis_server.url, limits))
     upstream.state.default = upstream.state.default.__class__(delay=0.2)
 
     async with aiohttp.ClientSession() as session:
@@ -78,7 +68,7 @@ async def test_admission_survives_a_flushed_script_cache(
     start_gateway: StartGateway, upstream: RunningUpstream, redis_server: RedisProcess
 ) -> None:
     gateway = await start_gateway(
-        limited_config(upstream.url, redis_server.url, {"requests_per_minute": 3})
+        redis_limited_config(upstream.url, redis_server.url, {"requests_per_minute": 3})
     )
     async with aiohttp.ClientSession() as session:
         first = await post(session, gateway.url)
@@ -91,7 +81,7 @@ async def test_admission_survives_a_flushed_script_cache(
 async def test_another_replica_sees_usage_once_the_settle_delay_and_a_round_trip_passed(
     start_gateway: StartGateway, upstream: RunningUpstream, redis_server: RedisProcess
 ) -> None:
-    raw = limited_config(upstream.url, redis_server.url, {"tokens_per_minute": 1000})
+    raw = redis_limited_config(upstream.url, redis_server.url, {"tokens_per_minute": 1000})
     replica_a, replica_b = await start_gateway(raw), await start_gateway(raw)
     upstream.state.default = Behavior(usage_total=900)
     body = chat_body(max_tokens=5, messages=[{"role": "user", "content": "hi"}])
@@ -127,7 +117,7 @@ def replicas(
     """Three gateway processes sharing one redis-server."""
     # A generous deadline: three gateways, their client, Redis and the upstream share two
     # cores here, and this test is about exactness, not the fail-open path (tested below).
-    raw = limited_config(
+    raw = redis_limited_config(
         upstream.url, redis_server.url, {"requests_per_minute": 10}, redis_timeout_ms=2000
     )
     raw["server"]["log_level"] = "warning"
@@ -181,7 +171,7 @@ async def test_fail_open_admits_within_the_deadline_and_recovers(
     start_gateway: StartGateway, upstream: RunningUpstream, own_redis: RedisProcess, fault: str
 ) -> None:
     gateway = await start_gateway(
-        limited_config(
+        redis_limited_config(
             upstream.url,
             own_redis.url,
             {"requests_per_minute": 2},
@@ -225,7 +215,7 @@ async def test_fail_closed_refuses_with_503_and_recovers(
     start_gateway: StartGateway, upstream: RunningUpstream, own_redis: RedisProcess
 ) -> None:
     gateway = await start_gateway(
-        limited_config(
+        redis_limited_config(
             upstream.url,
             own_redis.url,
             {"requests_per_minute": 100},
