@@ -38,10 +38,9 @@ def script_loaded(redis: RedisProcess) -> bool:
 
 
 def limited(upstream: RunningUpstream, redis: RedisProcess, **rate: Any) -> dict[str, Any]:
+    rate.setdefault("redis_timeout_ms", 500)
     limits = {"requests_per_minute": PER_MINUTE}
-    return redis_limited_config(
-        upstream.url, redis.url, limits, **{"redis_timeout_ms": 500, **rate}
-    )
+    return redis_limited_config(upstream.url, redis.url, limits, **rate)
 
 
 async def restart_without_state(redis: RedisProcess) -> None:

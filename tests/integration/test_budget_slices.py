@@ -41,9 +41,8 @@ def limited(
     upstream_url: str, redis_url: str, limits: dict[str, int], **rate: Any
 ) -> dict[str, Any]:
     """Deadlines a loaded machine keeps, and no access lines (thousands of requests)."""
-    raw = redis_limited_config(
-        upstream_url, redis_url, limits, **{"redis_timeout_ms": 1000, **rate}
-    )
+    rate.setdefault("redis_timeout_ms", 1000)
+    raw = redis_limited_config(upstream_url, redis_url, limits, **rate)
     raw["server"]["log_level"] = "warning"
     return raw
 
