@@ -81,6 +81,18 @@ class GatewayProcess:
                 self.process.wait()
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes], port: int, log: Path, seconds: float = 30
+) -> None:
+    """Until the gateway `process` started answers /readyz on `port` with 200; fails, with
+    its output (`log`), if it exits or is not ready within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while raw_request(port, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").status != 200:
+        assert process.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"not ready in {seconds} s:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
 def start_gateway_process(
     directory: Path,
     upstream_url: str = NO_UPSTREAM,
@@ -120,11 +132,8 @@ def start_gateway_process(
             preexec_fn=None if open_files is None else limit_open_files,
         )
     running = GatewayProcess(process, port, log, path, pid_file)
+    wait_until_ready(process, port, log)
     deadline = time.monotonic() + 30
-    while raw_request(port, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").status != 200:
-        assert running.alive(), running.output()
-        assert time.monotonic() < deadline, f"the gateway never became ready:\n{running.output()}"
-        time.sleep(0.05)
     while workers is not None and len(running.records("listening")) < workers:
         assert running.alive(), running.output()
         assert time.monotonic() < deadline, f"not every worker listened:\n{running.output()}"

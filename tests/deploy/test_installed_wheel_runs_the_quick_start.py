@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from gateway.cli import DEMO_UPSTREAM_KEY_ENV
 from tests.conftest import free_port
 from tests.deploy.installed import clean_env, run
+from tests.gateway_process import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -55,17 +54,7 @@ def demo(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, output.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the installed demo was not ready in 30 s"
-            time.sleep(0.1)
+        wait_until_ready(process, port, output)
         assert f"fake upstream on 127.0.0.1:{upstream_port}" in output.read_text()
         yield port
     finally:

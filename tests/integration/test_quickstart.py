@@ -8,14 +8,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.gateway_process import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -52,17 +51,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, output.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the demo did not become ready in 20 s"
-            time.sleep(0.1)
+        wait_until_ready(process, port, output, seconds=20)
         yield port
     finally:
         process.terminate()

@@ -4,16 +4,12 @@ listener (another gateway left running, say) and silently split the traffic with
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
-from tests.conftest import UPSTREAM_KEY, UPSTREAM_KEY_ENV, config_dict
-from tests.gateway_process import NO_UPSTREAM, ROOT
+from tests.conftest import config_dict
+from tests.gateway_process import NO_UPSTREAM
+from tests.integration.workers import serve_workers_once
 
 
 def test_a_port_already_listened_on_is_refused(tmp_path: Path) -> None:
@@ -26,17 +22,7 @@ def test_a_port_already_listened_on_is_refused(tmp_path: Path) -> None:
         raw = config_dict(NO_UPSTREAM)
         raw["server"]["port"] = port
         raw["rate_limits"] = {"redis_url": "redis://127.0.0.1:9/0"}  # never reached
-        path = tmp_path / "gateway.yaml"
-        path.write_text(yaml.safe_dump(raw))
-
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", "2"],
-            cwd=ROOT,
-            env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = serve_workers_once(tmp_path, raw)
 
     assert done.returncode == 1
     assert '"event":"workers_not_started"' in done.stdout

@@ -5,15 +5,11 @@ the first start fails at every restart."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
-from tests.conftest import UPSTREAM_KEY, UPSTREAM_KEY_ENV, config_dict, free_port
-from tests.gateway_process import NO_UPSTREAM, ROOT
+from tests.conftest import config_dict, free_port
+from tests.gateway_process import NO_UPSTREAM
+from tests.integration.workers import serve_workers_once
 
 
 def test_workers_whose_app_cannot_start_end_the_parent_with_exit_code_1(
@@ -22,17 +18,7 @@ def test_workers_whose_app_cannot_start_end_the_parent_with_exit_code_1(
     raw = config_dict(NO_UPSTREAM)
     raw["server"].update(port=free_port(), audit_path=str(tmp_path / "no-such-dir" / "audit"))
     raw["rate_limits"] = {"redis_url": "redis://127.0.0.1:9/0"}  # never reached
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(raw))
-
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", "2"],
-        cwd=ROOT,
-        env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_workers_once(tmp_path, raw)
 
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     events = [r["event"] for r in records]

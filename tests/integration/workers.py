@@ -5,6 +5,9 @@ that the kernel spreads them over the workers (SO_REUSEPORT hashes each connecti
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import WORKER_HEADER
-from tests.conftest import auth, chat_body, config_dict
-from tests.gateway_process import GatewayProcess, start_gateway_process
+from tests.conftest import UPSTREAM_KEY, UPSTREAM_KEY_ENV, auth, chat_body, config_dict
+from tests.gateway_process import ROOT, GatewayProcess, start_gateway_process
 
 WORKERS = 2
 
@@ -35,6 +39,21 @@ def start_workers(
     if limits:
         raw["teams"]["team-a"]["limits"] = limits
     return start_gateway_process(directory, raw=raw, workers=WORKERS)
+
+
+def serve_workers_once(directory: Path, raw: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`serve --workers 2` on the configuration `raw`, for one that is expected to end by
+    itself (a refusal, a failed start): its exit code and output."""
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", "2"],
+        cwd=ROOT,
+        env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @dataclass(frozen=True)
