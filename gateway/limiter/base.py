@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -208,7 +209,8 @@ def gcra(tat_ms: float, now_ms: float, check: LimitCheck) -> tuple[CheckResult, 
     if check.cost > check.limit:
         return CheckResult(False, left, int(current), None), tat_ms
     if debt > check.period_ms + SLACK_MS:
-        retry = int(debt - check.period_ms) + 1
+        # The shortest wait after which it passes (the slack absorbs float error).
+        retry = math.ceil(debt - check.period_ms)
         return CheckResult(False, left, int(current), retry), tat_ms
     left = int((check.period_ms - debt + SLACK_MS) // interval)
     return CheckResult(True, left, int(debt), None), base + check.cost * interval

@@ -182,7 +182,7 @@ for i = 1, checks do
     elseif debt > period + slack then
       ok = false
       out[r + 1], out[r + 2], out[r + 3] = 0, left, math.floor(current)
-      out[r + 4] = math.floor(debt - period) + 1
+      out[r + 4] = math.ceil(debt - period)
     else
       take[i] = {key, base + cost * interval}
       out[r + 1], out[r + 2] = 1, math.floor((period - debt + slack) / interval)
