@@ -18,7 +18,8 @@ and 20-chunk SSE load at c=64 and writes bench/results/profile.md (own and total
 function) and profile.speedscope.json.
 
 `--baseline REV` also runs the two one-worker gateways from git revision REV's code (a
-`git archive` of its package, imported from the working directory) in the same run.
+`git archive` of its package, imported from the working directory) in the same run; with
+`--profile`, its gateway with Redis limits is profiled too (the profile before and after).
 
 Usage: python3 bench/run.py [--duration S] [--rounds N] [--workers 1,2] [--quick] [--profile]
        [--baseline REV] [--out DIR]
@@ -242,14 +243,18 @@ def nginx_command(conf: Path) -> list[str]:
     ]
 
 
-def gateway_config(port: int, upstream_port: int, redis_url: str | None, limited: bool) -> str:
+def gateway_config(
+    port: int, upstream_port: int, redis_url: str | None, limited: bool, redis_timeout_ms: int = 0
+) -> str:
     """JSON, which is YAML: one upstream and one model per kind of canned answer."""
+    # The default Redis deadline (50 ms) unless told: a saturated process must still decide
+    # every request with Redis (the run fails when any was admitted fail-open).
+    rate_limits: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
+    if redis_url and redis_timeout_ms:
+        rate_limits["redis_timeout_ms"] = redis_timeout_ms
     config = {
         "server": {"port": port},
-        # A deadline above the event loop's lag at saturation (64 requests in flight on one
-        # core can keep an answer from Redis waiting past the default 50 ms): every request
-        # asks Redis, none is admitted fail-open, so the Redis stage is measured whole.
-        "rate_limits": {"redis_url": redis_url, "redis_timeout_ms": 2000} if redis_url else {},
+        "rate_limits": rate_limits,
         "upstreams": {
             kind: {"base_url": f"http://127.0.0.1:{upstream_port}/{kind}/v1"} for kind in KINDS
         },
@@ -744,9 +749,10 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
             if workers > 1:
                 command += ["--workers", str(workers)]
             proxies[label] = start(proxy, command)
-        if args.baseline and not profile:
+        if args.baseline:
             # The same gateways from an earlier commit's code, run from a copy of its
-            # package (`python -m gateway` imports from the working directory first).
+            # package (`python -m gateway` imports from the working directory first); a
+            # profile profiles its gateway with Redis limits too.
             code = workdir / "baseline"
             code.mkdir()
             archive = subprocess.run(
@@ -755,13 +761,15 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
                 check=True,
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
-            for name, limited in (("gateway", False), ("gateway-redis", True)):
+            baselines = (("gateway", False), ("gateway-redis", True))
+            for name, limited in baselines[1:] if profile else baselines:
                 label = f"{name}@{args.baseline}"
                 port = free_port()
                 config = workdir / f"{label}.yaml"
-                config.write_text(
-                    gateway_config(port, upstream_port, redis_url if limited else None, limited)
-                )
+                # Before 2026-11-28 a saturated gateway counted its own lag against Redis's
+                # deadline and admitted fail-open (skipping Redis) unless it was long.
+                url = redis_url if limited else None
+                config.write_text(gateway_config(port, upstream_port, url, limited, 2000))
                 what = "Redis limits" if limited else "limits off"
                 proxy = Proxy(
                     label,
@@ -840,11 +848,14 @@ def measure(args: argparse.Namespace) -> int:
                     proxy.rss_after_runs.append(rss)
                 print(f"round {round_number + 1} {case.name} done", file=sys.stderr)
         for proxy in proxies.values():
+            lines = (Path(tmp) / f"{proxy.name}.log").read_text(errors="replace").splitlines()
             if proxy.metrics and (count := fail_open_count(proxy)):
+                reasons = [line for line in lines if "rate_limiter_unavailable" in line]
                 problems.append(
                     f"{proxy.name}: {count:.0f} requests admitted fail-open (Redis late)"
+                    + (f"; first warning: {reasons[0][:300]}" if reasons else "")
                 )
-            for line in (Path(tmp) / f"{proxy.name}.log").read_text(errors="replace").splitlines():
+            for line in lines:
                 if '"level": "error"' in line or "Traceback" in line:
                     problems.append(f"{proxy.name} logged: {line[:300]}")
                     break
@@ -944,12 +955,13 @@ def profile(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="llmgw-profile-") as tmp,
         system(args, Path(tmp), profile=True) as proxies,
     ):
-        gateway = proxies["gateway-redis"]
-        for kind in ("json", "sse20"):
+        profiled = [name for name in proxies if name.startswith("gateway-redis")]
+        for name, kind in ((name, kind) for name in profiled for kind in ("json", "sse20")):
+            gateway = proxies[name]
             case = Case(kind, 64)
             check_answer(gateway, case)
             run_wrk(gateway.url(case), case, 1)  # warm-up
-            out = Path(tmp) / f"{kind}.txt"
+            out = Path(tmp) / f"{name}-{kind}.txt"
             seconds = args.duration * 2
             load = subprocess.Popen(
                 pinned(
@@ -979,11 +991,18 @@ def profile(args: argparse.Namespace) -> int:
             figures = parse_wrk(load.communicate()[0])
             if figures["non_2xx"] or figures["socket_errors"]:
                 raise RuntimeError(f"errors under the profile's load: {figures}")
-            collapsed[f"{case.name} ({figures['rps']:.0f} req/s under py-spy)"] = out.read_text()
+            at = f" at {args.baseline}" if "@" in name else ""
+            title = f"{case.name}{at} ({figures['rps']:.0f} req/s under py-spy)"
+            collapsed[title] = out.read_text()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# Profile {datetime.now(UTC).strftime('%Y-%m-%d')}: gateway, Redis limits, one worker",
         "",
+        *(
+            [f"Each case twice: this checkout's gateway, and the gateway at {args.baseline}.", ""]
+            if args.baseline
+            else []
+        ),
         "py-spy at 200 Hz, busy samples only (the event loop waiting in epoll is not counted), "
         f"{args.duration * 2} s per case; own = samples where the function itself ran, "
         "total = samples with it anywhere on the stack. The own time of `serve` is uvloop's "

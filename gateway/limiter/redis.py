@@ -8,9 +8,10 @@ the hash tag `{prefix:team}`, so a call's keys live in one slot and the script r
 unchanged on a Redis Cluster, on the master serving that slot (`limiter.nodes` routes it).
 Every key carries a TTL: an idle team leaves nothing behind.
 
-Every call has a hard deadline (`redis_timeout_ms`), and Redis is told about it: a deadline
-abandons the caller, not the script, which may still reach Redis later, so the admission
-script compares the deadline with Redis's `TIME` and takes nothing once it has passed. The
+Every call has a deadline (`redis_timeout_ms`, from when it is sent; see `limiter.nodes`),
+and Redis is told about it: a deadline abandons the caller, not the script, which may
+still reach Redis later, so the admission script compares the deadline with Redis's `TIME`
+and takes nothing once it has passed. The
 deadline is converted to the clock of the server the call goes to with an offset learnt
 from that server (`ClockOffset`: at warm-up from `TIME`, then from the `now` every script
 reply carries), never by trusting this host's wall clock to agree with Redis's; until an
@@ -261,12 +262,14 @@ return math.max(math.floor((period - math.max(tat - now, 0) + slack) / interval)
 class _Call:
     """Keys and arguments of one LIMIT call; each key is sent once, named by its position."""
 
-    __slots__ = ("_index", "args", "keys")
+    __slots__ = ("_index", "args", "keys", "riders")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.args: list[Any] = [""]  # the deadline, set just before the call
         self._index: dict[str, int] = {}
+        # Where the settlements are in `args`, and how many: once per batch is enough.
+        self.riders: tuple[int, int] | None = None
 
     def key(self, key: str | None) -> int:
         if key is None:
@@ -278,6 +281,7 @@ class _Call:
         return index
 
     def settlements(self, settlements: Sequence[Settlement]) -> None:
+        self.riders = (len(self.args), len(settlements))
         self.args.append(len(settlements))
         for settlement in settlements:
             for key in settlement.keys:  # declared, as Redis Cluster wants
@@ -311,7 +315,7 @@ class RedisLimiter:
 
     @property
     def call_deadline_s(self) -> float:
-        return self._timeout
+        return self._nodes.call_bound_s
 
     async def admit(
         self,
@@ -393,9 +397,8 @@ class RedisLimiter:
     async def _run(self, call: _Call, *, with_deadline: bool) -> list[Any]:
         """One LIMIT call: with the deadline, in the clock of the node it goes to, when
         asked for and known; the reply's `now` teaches that node's clock offset."""
-        deadline = time.monotonic() + self._timeout if with_deadline else None
         reply, node = await self._nodes.evalsha(
-            self._limit, call.keys, call.args, deadline=deadline
+            self._limit, call.keys, call.args, with_deadline=with_deadline, riders=call.riders
         )
         flat: list[Any] = reply
         node.offset.observe(flat[0], time.monotonic())

@@ -16,12 +16,13 @@ Unconfirmed settlements reach the backend two ways, whichever comes first:
   answer's latency.
 A settlement stays unconfirmed until a call that carried it succeeded, and rides in every
 call until then: a flush still in flight (or lost to a timeout) cannot let a later
-admission overtake it. Settlement is idempotent (tickets, see `limiter.base`), so carrying
-one twice is safe. A failed flush is retried; a settlement whose leases and ticket have
-expired anyway is dropped. The unconfirmed settlements live in `Settlements`, one per
-process, which every generation of this stage shares: a reload builds a new stage (new
-limits) and loses none of them, and a request admitted before it settles into the queue
-the new stage's admissions carry.
+admission overtake it. (Within one pipelined batch only the first call carries it, as the
+others run after it on the same connection: see `limiter.nodes`.) Settlement is idempotent
+(tickets, see `limiter.base`), so carrying one twice is safe. A failed flush is retried; a
+settlement whose leases and ticket have expired anyway is dropped. The unconfirmed
+settlements live in `Settlements`, one per process, which every generation of this stage
+shares: a reload builds a new stage (new limits) and loses none of them, and a request
+admitted before it settles into the queue the new stage's admissions carry.
 
 An admission abandoned before its answer (deadline missed, task cancelled) may still have
 run on Redis: its lease and reservation are given back anyway, by a settlement recorded
