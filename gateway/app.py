@@ -89,6 +89,7 @@ from gateway.stages.validate import Validator
 from gateway.tasks import BackgroundTasks
 from gateway.teams import KeyExpiryLog, team_keys, teams_of
 from gateway.upstream.caller import UpstreamCaller
+from gateway.upstream.capacity import upstream_capacity
 from gateway.upstream.client import UpstreamClient, connection_pools
 from gateway.upstream.health import HealthBook
 from gateway.upstream.http1 import Connections
@@ -180,7 +181,12 @@ def build_paths(
     its line. Changes no shared part: a reload runs it in a thread."""
     client = UpstreamClient(config, shared.connections, shared.pools)
     caller = UpstreamCaller(
-        client, shared.health, config.retries, shared.metrics, budget=shared.retry_budget
+        client,
+        shared.health,
+        config.retries,
+        shared.metrics,
+        budget=shared.retry_budget,
+        capacity=shared.capacity,
     )
     teams = teams_of(config)
     keys = team_keys(config, teams)
@@ -266,6 +272,7 @@ async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
         settlements=Settlements(),
         retry_budget=app[RETRY_BUDGET],
         pools=connection_pools(config),
+        capacity=upstream_capacity(config, app[METRICS]),
         connections=connections,
         key_expiry=KeyExpiryLog(app[LOG]),
     )

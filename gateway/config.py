@@ -152,6 +152,11 @@ class UpstreamConfig(BaseModel):
     # HAProxy's `timeout queue` defaults to its `timeout connect`: long enough to absorb a
     # burst of short answers, short enough to shed load rather than stack it.
     pool_timeout: Seconds = 5.0
+    # Calls in flight from this process to the upstream at most (a stream counts until it
+    # ends or its client leaves); beyond, calls wait in their team's queue (see `queue`).
+    # Absent: unbounded. Per process: with R replicas of W workers, give each 1/(R*W) of
+    # what the upstream serves at once. Restart only.
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None
     # Covered by a business associate agreement: may receive requests under HIPAA (which
     # also require https, see security.allow_plaintext_loopback_hipaa).
     hipaa_eligible: bool = False
@@ -268,6 +273,27 @@ def _plain_key_hash(value: Any) -> Any:
     return value
 
 
+class QueueConfig(BaseModel):
+    """How a request waits when every upstream it may use is at `max_in_flight`."""
+
+    model_config = _FROZEN
+
+    # The longest a request waits for capacity; then 503 `model_overloaded` (0: never
+    # waits). Within `retries.deadline_s`.
+    max_wait_ms: Annotated[float, Field(ge=0, le=600_000)] = 5000.0
+    # Requests one team may have waiting for one model; beyond, refused at once.
+    max_depth: Annotated[int, Field(ge=1, le=100_000)] = 100
+
+
+class TeamQueueConfig(BaseModel):
+    """A team's own bounds, over the top-level `queue` ones."""
+
+    model_config = _FROZEN
+
+    max_wait_ms: Annotated[float, Field(ge=0, le=600_000)] | None = None
+    max_depth: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+
 class TeamConfig(BaseModel):
     model_config = _FROZEN
 
@@ -283,6 +309,13 @@ class TeamConfig(BaseModel):
     model_limits: dict[str, TeamLimits] = {}
     # Policies applied to every request of the team, composed in this order.
     policies: list[Name] = []
+    # Its weight when model capacity is full: teams with requests waiting are served in
+    # proportion to their shares.
+    share: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    queue: TeamQueueConfig = TeamQueueConfig()
+    # The class of its requests unless `x-gateway-priority` says otherwise: low is served
+    # only when no normal request waits for the capacity (batch and evaluation jobs).
+    priority: Literal["normal", "low"] = "normal"
 
 
 class RateLimitConfig(BaseModel):
@@ -401,6 +434,7 @@ class GatewayConfig(BaseModel):
     retries: RetryConfig = RetryConfig()
     health: HealthConfig = HealthConfig()
     security: SecurityConfig = SecurityConfig()
+    queue: QueueConfig = QueueConfig()
     # Policy files (*.yaml, named by file stem), relative to the configuration file.
     policies_dir: str | None = None
     # Policies given inline, by name (besides those of policies_dir).

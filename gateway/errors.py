@@ -158,6 +158,16 @@ class UpstreamBusy(GatewayError):
     default_code = "upstream_busy"
 
 
+class ModelOverloaded(GatewayError):
+    """Every upstream that may serve the request is at its capacity and the request could
+    not wait for one (its queue is full or the wait ran out): the model's capacity, not the
+    team's limit."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "model_overloaded"
+
+
 class TooManyConnections(GatewayError):
     """The process holds as many client connections as it may (`server.max_connections`)."""
 

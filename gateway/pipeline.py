@@ -187,6 +187,8 @@ class Exchange:
             "latency_ms": round(self.elapsed_ms(), 3),
             "prompt_tokens": None if usage is None else usage.prompt_tokens,
             "completion_tokens": None if usage is None else usage.completion_tokens,
+            # Waited in line for model capacity (0: found a free slot, or asked no upstream).
+            "queue_wait_ms": self.call.queue_wait_ms,
         }
 
 

@@ -106,6 +106,14 @@ class CompliancePolicy(BaseModel):
     force: Literal["hipaa"] | None = None
 
 
+class PriorityPolicy(BaseModel):
+    model_config = _FROZEN
+
+    # May the team's requests ask for the low class (`x-gateway-priority: low`, or the
+    # team's default), served only when no normal request waits for the capacity?
+    allow_low: bool = True
+
+
 class Policy(BaseModel):
     model_config = _FROZEN
 
@@ -113,6 +121,7 @@ class Policy(BaseModel):
     compliance: CompliancePolicy | None = None
     safety: SafetyPolicy | None = None
     caps: CapsPolicy | None = None
+    priority: PriorityPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,7 @@ class TeamPolicy:
     forbidden_params: frozenset[str] = frozenset()
     allowed_models: frozenset[str] | None = None
     defaults: tuple[tuple[str, Any], ...] = ()
+    allow_low_priority: bool = True
 
 
 def compose(names: list[str], policies: dict[str, Policy]) -> tuple[TeamPolicy, list[str]]:
@@ -156,6 +166,8 @@ def compose(names: list[str], policies: dict[str, Policy]) -> tuple[TeamPolicy, 
             for param, value in caps.defaults.items():
                 put(f"caps.defaults.{param}", value, name)
             forbidden.update(caps.forbidden_params)
+        if policy.priority is not None:
+            put("priority.allow_low", policy.priority.allow_low, name)
 
     def chosen(rule: str) -> Any:
         return leaves[rule][1] if rule in leaves else None
@@ -175,6 +187,7 @@ def compose(names: list[str], policies: dict[str, Policy]) -> tuple[TeamPolicy, 
                 for rule, leaf in leaves.items()
                 if rule.startswith("caps.defaults.")
             ),
+            allow_low_priority=chosen("priority.allow_low") is not False,
         ),
         conflicts,
     )

@@ -37,8 +37,9 @@ the audit trail; the key expiry log (an expiry is logged once per process).
 or by the process itself: every `server.*` setting (the listener and its limits, logs, the
 audit path); `rate_limits.redis_url`, `redis_timeout_ms`, `redis_retry_interval_s`,
 `key_prefix`, `warn_interval_s`, `slices` and `slice_ttl_ms`; every `auth_failures.*`
-setting; the set of upstreams (adding or removing one); an upstream's `base_url` and
-`max_connections` (its pool and its health are its address's). A file that changes any
+setting; the set of upstreams (adding or removing one); an upstream's `base_url`,
+`max_connections` (its pool and its health are its address's) and `max_in_flight` (the
+capacity its calls hold and wait for). A file that changes any
 of them is refused whole, with result `restart_required` and one line naming each such
 field; the configuration in force stays. Nothing is applied in part, and nothing is
 ignored silently.
@@ -86,6 +87,7 @@ from gateway.stages.ratelimit import Settlements
 from gateway.stages.relay import LiveStreams
 from gateway.tasks import BackgroundTasks
 from gateway.teams import KeyExpiryLog, TeamKey
+from gateway.upstream.capacity import Capacity
 from gateway.upstream.health import HealthBook
 from gateway.upstream.http1 import Connections
 from gateway.upstream.pool import ConnectionPool
@@ -113,7 +115,7 @@ _RESTART_ONLY_RATE_LIMITS = (
 )
 # An upstream's address and pool size: its pool, its health and the process's open-files
 # budget are sized for them.
-_RESTART_ONLY_UPSTREAM = ("base_url", "max_connections")
+_RESTART_ONLY_UPSTREAM = ("base_url", "max_connections", "max_in_flight")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -132,6 +134,7 @@ class SharedParts:
     settlements: Settlements
     retry_budget: RetryBudget
     pools: dict[str, ConnectionPool]
+    capacity: Capacity
     connections: Connections
     key_expiry: KeyExpiryLog
 

@@ -50,6 +50,18 @@ class Translation:
         return self.bodies[target.dialect.name, target.upstream_model]
 
 
+@dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who a call claims upstream capacity for, and how it may wait for it (see
+    `upstream.capacity`): the team, its share, its class, its queue's bounds."""
+
+    team: str
+    share: float = 1.0
+    low_priority: bool = False
+    max_wait_s: float = 5.0
+    max_depth: int = 100
+
+
 @dataclass(slots=True)
 class CallRecord:
     """Where one upstream call went: written by the upstream caller attempt by attempt, so
@@ -57,3 +69,5 @@ class CallRecord:
 
     upstream: str | None = None
     attempts: int = 0
+    # Milliseconds the call waited in line for upstream capacity (all attempts).
+    queue_wait_ms: float = 0.0

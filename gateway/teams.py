@@ -19,11 +19,15 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
 from gateway.config import GatewayConfig
 from gateway.policies import TeamPolicy, compose
+from gateway.routing import Claimant
+
+T = TypeVar("T")
 
 NO_POLICY = TeamPolicy(names=())
 # Keys expiring within this are warned of at start-up and at each reload.
@@ -40,6 +44,12 @@ FINGERPRINT_HEX = 8
 class Team:
     name: str
     policy: TeamPolicy = NO_POLICY
+    # How its calls wait for model capacity (the class: its default; see `upstream.capacity`).
+    claimant: Claimant | None = None
+
+    @property
+    def queue_claimant(self) -> Claimant:
+        return Claimant(self.name) if self.claimant is None else self.claimant
 
     @property
     def forces_hipaa(self) -> bool:
@@ -64,9 +74,23 @@ class TeamKey:
 
 def teams_of(config: GatewayConfig) -> dict[str, Team]:
     return {
-        name: Team(name, compose(team.policies, config.policies)[0] if team.policies else NO_POLICY)
+        name: Team(
+            name,
+            compose(team.policies, config.policies)[0] if team.policies else NO_POLICY,
+            Claimant(
+                name,
+                share=team.share,
+                low_priority=team.priority == "low",
+                max_wait_s=_first(team.queue.max_wait_ms, config.queue.max_wait_ms) / 1000,
+                max_depth=_first(team.queue.max_depth, config.queue.max_depth),
+            ),
+        )
         for name, team in config.teams.items()
     }
+
+
+def _first(own: T | None, default: T) -> T:
+    return default if own is None else own
 
 
 def team_keys(config: GatewayConfig, teams: dict[str, Team] | None = None) -> list[TeamKey]:

@@ -154,6 +154,28 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth",
+            "Requests waiting for model capacity (every upstream they may use at its "
+            "max_in_flight), by model and team.",
+            ["model", "team"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "How long requests that found the model's capacity full waited in line, "
+            "however the wait ended. Requests that found a free slot are not observed.",
+            ["model", "team"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_rejected = Counter(
+            f"{PREFIX}_queue_rejected",
+            "Requests answered 503 model_overloaded, by reason: queue_full (the team's "
+            "queue for the model held max_depth) or max_wait (the wait ran out).",
+            ["model", "team", "reason"],
+            registry=self.registry,
+        )
         self.ejections = Counter(
             f"{PREFIX}_upstream_ejections",
             "Upstreams ejected by passive health after consecutive failures.",

@@ -4,9 +4,10 @@ request's compliance regime is decided.
 In order: forbidden parameters, defaults for absent parameters, caps on `max_tokens` and
 `n` (clamped, and said so in `x-gateway-clamped-params`, or refused), the compliance regime
 (HIPAA when the client asks or the policy forces it: the route narrows to its
-HIPAA-eligible upstreams) and the safety model (the policy's, or the client's when the
-policy lets it choose). Which models a policy allows is decided by the route stage, the one
-owner of model access.
+HIPAA-eligible upstreams), the safety model (the policy's, or the client's when the
+policy lets it choose) and the request's class for model capacity (`x-gateway-priority:
+low|normal`, else the team's `priority`; low refused when a policy forbids it). Which
+models a policy allows is decided by the route stage, the one owner of model access.
 
 Reads: `team`, `request`, `route`. Writes: `hipaa_decision` first (so that a request this
 stage refuses is still handled and audited under its regime), then `policy`, with the
@@ -15,7 +16,7 @@ request as the policy leaves it (a new value: the client's own request is never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -23,7 +24,11 @@ from gateway.contract import ChatCompletionRequest
 from gateway.errors import InvalidRequest
 from gateway.pipeline import Exchange, Stage, need
 from gateway.policies import SafetyPolicy, TeamPolicy
-from gateway.routing import Route
+from gateway.routing import Claimant, Route
+from gateway.teams import Team
+
+PRIORITY_HEADER = "x-gateway-priority"
+_CLASSES = {"low": True, "normal": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,8 @@ class PolicyDecision:
     native_safety: bool
     safety: SafetyPolicy | None
     clamped: tuple[str, ...]
+    # Whose line the call waits in for model capacity, in which class.
+    claimant: Claimant | None = None
 
 
 class PolicyStage(Stage):
@@ -50,7 +57,9 @@ class PolicyStage(Stage):
         route = need(exchange.route, "the route")
         hipaa = team.forces_hipaa or request.compliance == "hipaa"
         exchange.hipaa_decision = hipaa
-        exchange.policy = self.decide(team.policy, route, request, hipaa)
+        decision = self.decide(team.policy, route, request, hipaa)
+        claimant = _claimant(team, exchange.http.headers.get(PRIORITY_HEADER))
+        exchange.policy = decision if claimant is None else replace(decision, claimant=claimant)
 
     def decide(
         self, policy: TeamPolicy, route: Route, request: ChatCompletionRequest, hipaa: bool
@@ -113,6 +122,30 @@ class PolicyStage(Stage):
                 code="parameter_not_allowed",
             )
         return chosen
+
+
+def _claimant(team: Team, asked: str | None) -> Claimant | None:
+    """The team's claimant in the class the request asks for; None when that is the
+    team's own class (the common case: nothing to build)."""
+    claimant = team.queue_claimant
+    if asked is None:
+        low = claimant.low_priority
+    elif asked.lower() in _CLASSES:
+        low = _CLASSES[asked.lower()]
+    else:
+        raise InvalidRequest(
+            f"Header '{PRIORITY_HEADER}' must be 'low' or 'normal'.",
+            param=PRIORITY_HEADER,
+        )
+    if low and not team.policy.allow_low_priority:
+        raise InvalidRequest(
+            "This team's policy does not allow low-priority requests.",
+            param=PRIORITY_HEADER,
+            code="parameter_not_allowed",
+        )
+    if low == claimant.low_priority:
+        return None
+    return replace(claimant, low_priority=low)
 
 
 def _caps(

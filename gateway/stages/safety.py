@@ -99,8 +99,11 @@ class SafetyModel:
         )
         # The classification is its own call: its attempts must not overwrite the
         # request's own upstream in the audit line.
+        claimant = None if exchange.policy is None else exchange.policy.claimant
+        if claimant is None and exchange.team is not None:
+            claimant = exchange.team.queue_claimant
         answer = await self._caller.call(
-            route, translate(route, request), False, exchange.request_id, CallRecord()
+            route, translate(route, request), False, exchange.request_id, CallRecord(), claimant
         )
         if not isinstance(answer, JsonAnswer):  # asked for a whole answer, so never
             raise UpstreamUnavailable("The safety model streamed instead of answering.")

@@ -1,8 +1,9 @@
 """Upstream stage: the call to the model's upstreams (pick, call, retry; see
 `upstream.caller`), and on the way out the release of a stream's upstream connection.
 
-Reads: `policy` (the route), `translation`, `request` (stream or not). Writes: `answer`, and
-through the caller `call` (where each attempt went).
+Reads: `policy` (the route, the class), `team` (its line for capacity), `translation`,
+`request` (stream or not). Writes: `answer`, and through the caller `call` (where each
+attempt went, and how long it waited for capacity).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ class CallUpstream(Stage):
         self._caller = caller
 
     async def enter(self, exchange: Exchange) -> None:
+        policy = need(exchange.policy, "the policy decision")
         exchange.answer = await self._caller.call(
-            need(exchange.policy, "the policy decision").route,
+            policy.route,
             need(exchange.translation, "the translation"),
             exchange.stream,
             exchange.request_id,
             exchange.call,
+            policy.claimant or need(exchange.team, "the team").queue_claimant,
         )
 
     def leave(self, exchange: Exchange) -> None:

@@ -25,11 +25,10 @@ inside a 200 stream), `bad_event=utf8;error_after=2` (an event that is not a chu
 rest of the stream as if nothing happened; `utf8`: invalid UTF-8 in a chunk's content,
 `json`: not JSON, `shape`: JSON of another shape; a whole answer is then bad the same way),
 `usage_total=900` (the answer's `usage` reports 900 tokens in all, whatever it says: a
-short request that costs a lot, for token limits), and `shape=vllm` (not a fault: vLLM's
-message keys).
-
-`POST /v1/messages` answers the same way in Anthropic's Messages API (see
-`fake_anthropic`), so the anthropic dialect is tested against a real server too.
+short request that costs a lot, for token limits), `latency=0.1` (seconds before answering
+at all: a model's service time; with `jitter=0.05`, drawn uniformly 0.05 either side) and
+`shape=vllm` (not a fault: vLLM's message keys). The server counts the chat requests it is
+serving (`in_flight`) and the most it ever served at once (`peak_in_flight`).
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -62,6 +62,8 @@ class Behavior:
     error_after: int = 0  # ...after this many content events
     shape: str = "openai"  # whose response-only message keys a whole answer carries
     usage_total: int | None = None  # report this total in `usage` (completion = total - prompt)
+    latency: float = 0.0  # seconds before answering anything: a model's service time
+    jitter: float = 0.0  # the latency drawn uniformly this much either side of it
 
     def headers(self) -> dict[str, str] | None:
         """Headers of the error answer (Retry-After)."""
@@ -100,6 +102,10 @@ class Behavior:
                 behavior = replace(behavior, shape=value)
             elif key == "usage_total":
                 behavior = replace(behavior, usage_total=int(value))
+            elif key == "latency":
+                behavior = replace(behavior, latency=float(value))
+            elif key == "jitter":
+                behavior = replace(behavior, jitter=float(value))
             else:
                 raise ValueError(f"unknown fake behavior {key!r}")
         return behavior
@@ -124,10 +130,14 @@ class FakeUpstream:
     # cut short, or a hang or stall the client gave up on.
     disconnected: list[str] = field(default_factory=list)
     completed_streams: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    # Each server its own latencies (a shared seed would keep two servers in step).
+    rng: random.Random = field(default_factory=random.Random)
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._counted_chat)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
         return app
@@ -189,6 +199,14 @@ class FakeUpstream:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
+    async def _counted_chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._chat(request)
+        finally:
+            self.in_flight -= 1
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         behavior = self.behavior_for(request)
         raw = await request.read()
@@ -198,6 +216,9 @@ class FakeUpstream:
             return _error(400, "body is not JSON")
         headers = {name.lower(): value for name, value in request.headers.items()}
         self.requests.append(RecordedRequest(headers, body))
+        if behavior.latency:
+            spread = behavior.jitter * (2 * self.rng.random() - 1)
+            await asyncio.sleep(max(0.0, behavior.latency + spread))
 
         if self.api_key is not None and request.headers.get("Authorization") != (
             f"Bearer {self.api_key}"

@@ -24,15 +24,19 @@ class Balancer:
         self._rng = rng or random.Random()  # noqa: S311 (load spreading, not secrecy)
         self._has_free = has_free_connection or (lambda name: True)
 
+    def candidates(self, route: Route, tried: set[str]) -> list[UpstreamTarget]:
+        """The upstreams this attempt may use: those not tried yet by the call (all, once
+        each was), the healthy ones among them (all, when every one is ejected: the health
+        book avoids that, but cool-downs can overlap, and failing the request is worse)."""
+        targets = route.targets
+        fresh = [t for t in targets if t.upstream_name not in tried] or list(targets)
+        return [t for t in fresh if self._health.available(t.upstream_name)] or fresh
+
     def pick(self, route: Route, tried: set[str]) -> UpstreamTarget:
         targets = route.targets
         if len(targets) == 1:
             return targets[0]
-        fresh = [t for t in targets if t.upstream_name not in tried] or list(targets)
-        healthy = [t for t in fresh if self._health.available(t.upstream_name)]
-        # Every candidate ejected (the health book avoids it, but cool-downs can overlap):
-        # use them anyway rather than fail the request.
-        candidates = healthy or fresh
+        candidates = self.candidates(route, tried)
         if len(candidates) > 1:
             # When every pool is full, the request waits for the pick's (see caller).
             candidates = [t for t in candidates if self._has_free(t.upstream_name)] or candidates

@@ -12,6 +12,12 @@ call has not tried yet; every try waits at most what is left of `retries.deadlin
 a call whose upstreams all hang ends at the deadline, not after attempts x first_byte.
 When every attempt failed, the client gets the last failure (503, or 504 after a
 timeout), whose message names no upstream secret.
+
+Before its connection, an attempt takes a slot of the upstream's capacity
+(`max_in_flight`, see `capacity`), held as long as the connection; when every upstream the
+attempt may use is at capacity it waits in its team's line for the first slot freed on any
+of them, and a wait that cannot be had is answered 503 `model_overloaded` (never retried,
+never held against an upstream).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import time
 from gateway.config import RetryConfig
 from gateway.errors import UpstreamBusy
 from gateway.observability.metrics import GatewayMetrics
-from gateway.routing import CallRecord, Route, Translation, UpstreamTarget
+from gateway.routing import CallRecord, Claimant, Route, Translation, UpstreamTarget
 from gateway.upstream.balance import Balancer
+from gateway.upstream.capacity import Capacity, Place, QueueRefused
 from gateway.upstream.client import AttemptFailed, JsonAnswer, StreamAnswer, UpstreamClient
 from gateway.upstream.health import HealthBook
 from gateway.upstream.pool import ConnectionPool, PoolTimeout
@@ -40,13 +47,19 @@ class UpstreamCaller:
         metrics: GatewayMetrics,
         rng: random.Random | None = None,
         budget: RetryBudget | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self._client = client
         self._health = health
         self._config = config
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrecy)
-        self._balancer = Balancer(health, self._rng, lambda name: client.pools[name].has_free)
+        self._capacity = capacity = Capacity({}) if capacity is None else capacity
+        self._balancer = Balancer(
+            health,
+            self._rng,
+            lambda name: client.pools[name].has_free and capacity.has_free(name),
+        )
         # The whole process's budget: each configuration's caller is given the same one.
         self.budget = RetryBudget(config) if budget is None else budget
 
@@ -61,15 +74,22 @@ class UpstreamCaller:
         stream: bool,
         request_id: str,
         record: CallRecord,
+        claimant: Claimant | None = None,
     ) -> JsonAnswer | StreamAnswer:
         """The answer of the first attempt that succeeds; raises the last failure's
-        GatewayError. `record` names the upstream and attempt of each try as it starts."""
+        GatewayError. `record` names the upstream and attempt of each try as it starts,
+        and how long the call waited for capacity; `claimant` is whose line it waits in
+        (None: the gateway's own, as for a safety check without a team)."""
         self.budget.active_calls += 1
+        place = Place(claimant or _GATEWAY, route.model)
         try:
-            answer = await self._attempts(route, translation, stream, request_id, record)
+            answer = await self._attempts(route, translation, stream, request_id, record, place)
         except BaseException:
             self.budget.active_calls -= 1
             raise
+        finally:
+            if place.start is not None:  # it waited in line
+                record.queue_wait_ms = round(place.waited_s * 1000, 3)
         if isinstance(answer, StreamAnswer):
             answer.on_close.append(self._call_ended)
         else:
@@ -86,6 +106,7 @@ class UpstreamCaller:
         stream: bool,
         request_id: str,
         record: CallRecord,
+        place: Place,
     ) -> JsonAnswer | StreamAnswer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.deadline_s
@@ -100,10 +121,12 @@ class UpstreamCaller:
                 if backoff is not None:
                     await asyncio.sleep(backoff)
                 target = self._balancer.pick(route, tried)
+                if not self._capacity.try_take(target.upstream_name):
+                    target = await self._wait_for_capacity(route, tried, place, deadline)
                 tried.add(target.upstream_name)
                 record.upstream, record.attempts = target.upstream_name, attempt
                 started = self._health.now()
-                answer = await self._attempt(
+                answer = await self._holding_capacity(
                     target, route, translation, stream, request_id, deadline
                 )
             except AttemptFailed as failed:
@@ -152,6 +175,52 @@ class UpstreamCaller:
             model=route.model, upstream=record.upstream or "", reason=_reason(failure)
         ).inc()
         return wait
+
+    async def _wait_for_capacity(
+        self, route: Route, tried: set[str], place: Place, deadline: float
+    ) -> UpstreamTarget:
+        """A slot on one of the upstreams this attempt may use, all at capacity: waits in
+        line (at most the claimant's `max_wait`, never past the call's deadline); the
+        target whose slot it got. A wait that cannot be had is the call's answer."""
+        candidates = {t.upstream_name: t for t in self._balancer.candidates(route, tried)}
+        loop = asyncio.get_running_loop()
+        team = place.claimant.team
+        until = min(loop.time() + place.claimant.max_wait_s, deadline)
+        waited = place.waited_s
+        try:
+            name = await self._capacity.take(place, list(candidates), until)
+        except QueueRefused as refused:
+            self._metrics.queue_rejected.labels(route.model, team, refused.reason).inc()
+            raise refused.error() from None
+        finally:
+            wait = self._metrics.child(self._metrics.queue_wait, route.model, team)
+            wait.observe(place.waited_s - waited)
+        return candidates[name]
+
+    async def _holding_capacity(
+        self,
+        target: UpstreamTarget,
+        route: Route,
+        translation: Translation,
+        stream: bool,
+        request_id: str,
+        deadline: float,
+    ) -> JsonAnswer | StreamAnswer:
+        """The attempt, holding its capacity slot until its answer is read or its stream
+        closed."""
+        name = target.upstream_name
+        if not self._capacity.bounded(name):
+            return await self._attempt(target, route, translation, stream, request_id, deadline)
+        try:
+            answer = await self._attempt(target, route, translation, stream, request_id, deadline)
+        except BaseException:
+            self._capacity.release(name)
+            raise
+        if isinstance(answer, StreamAnswer):
+            answer.on_close.append(lambda: self._capacity.release(name))
+        else:
+            self._capacity.release(name)
+        return answer
 
     async def _attempt(
         self,
@@ -222,6 +291,10 @@ class UpstreamCaller:
             waits.labels(name, "abandoned").observe(loop.time() - started)
             raise
         self._metrics.child(waits, name, "acquired").observe(loop.time() - started)
+
+
+# The line of calls made for no team (a safety check's own call has its team's).
+_GATEWAY = Claimant(team="gateway")
 
 
 def _reason(failure: AttemptFailed) -> str:

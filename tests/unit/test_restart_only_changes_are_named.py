@@ -64,6 +64,10 @@ NEEDS_A_RESTART: dict[str, tuple[Change, str]] = {
         set_in("upstreams", "fake", "max_connections", value=7),
         "upstreams.fake.max_connections",
     ),
+    "capacity": (
+        set_in("upstreams", "fake", "max_in_flight", value=7),
+        "upstreams.fake.max_in_flight",
+    ),
 }
 
 

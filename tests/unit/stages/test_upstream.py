@@ -15,6 +15,7 @@ from gateway.stages.policy import PolicyDecision
 from gateway.stages.route import Router
 from gateway.stages.translate import translate
 from gateway.stages.upstream import CallUpstream
+from gateway.teams import Team
 from gateway.testing.fake_upstream import Behavior
 from gateway.upstream.caller import UpstreamCaller
 from gateway.upstream.client import JsonAnswer, StreamAnswer, UpstreamClient
@@ -46,7 +47,9 @@ async def test_a_whole_answer_and_the_upstream_it_came_from(
 ) -> None:
     call, router = stage
     policy, translation = decided(router, stream=False)
-    exchange = an_exchange(request=policy.request, policy=policy, translation=translation)
+    exchange = an_exchange(
+        team=Team("team-a"), request=policy.request, policy=policy, translation=translation
+    )
 
     await call.enter(exchange)
 
@@ -60,7 +63,9 @@ async def test_leaving_closes_a_stream_the_client_no_longer_reads(
     call, router = stage
     upstream.state.default = Behavior(delay=0.2)
     policy, translation = decided(router, stream=True)
-    exchange = an_exchange(request=policy.request, policy=policy, translation=translation)
+    exchange = an_exchange(
+        team=Team("team-a"), request=policy.request, policy=policy, translation=translation
+    )
 
     await call.enter(exchange)
     assert isinstance(exchange.answer, StreamAnswer)
