@@ -179,13 +179,16 @@ class UpstreamCaller:
     async def _wait_for_capacity(
         self, route: Route, tried: set[str], place: Place, deadline: float
     ) -> UpstreamTarget:
-        """A slot on one of the upstreams this attempt may use, all at capacity: waits in
-        line (at most the claimant's `max_wait`, never past the call's deadline); the
-        target whose slot it got. A wait that cannot be had is the call's answer."""
+        """A slot on one of the upstreams this attempt may use (the picked one was full:
+        another may be free, or unbounded), else the first freed on any of them, waiting
+        in line (at most the claimant's `max_wait` over the whole call, never past its
+        deadline); the target whose slot it got. A wait that cannot be had is the call's
+        answer."""
         candidates = {t.upstream_name: t for t in self._balancer.candidates(route, tried)}
         loop = asyncio.get_running_loop()
         team = place.claimant.team
-        until = min(loop.time() + place.claimant.max_wait_s, deadline)
+        # The wait is the call's, over all its attempts.
+        until = min(loop.time() + place.claimant.max_wait_s - place.waited_s, deadline)
         waited = place.waited_s
         try:
             name = await self._capacity.take(place, list(candidates), until)
@@ -293,8 +296,9 @@ class UpstreamCaller:
         self._metrics.child(waits, name, "acquired").observe(loop.time() - started)
 
 
-# The line of calls made for no team (a safety check's own call has its team's).
-_GATEWAY = Claimant(team="gateway")
+# The line of calls made for no team (a safety check's own call has its team's); no
+# configured team can have this name.
+_GATEWAY = Claimant(team="(gateway)")
 
 
 def _reason(failure: AttemptFailed) -> str:

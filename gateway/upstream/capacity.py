@@ -16,9 +16,11 @@ Goyal, Vin and Cheng, 1996): a call gets the start tag S = max(V, F) where F is 
 queue's finish tag, and the queue's finish tag becomes S + 1/share; a freed slot goes to
 the waiting call with the smallest start tag among those that may use that upstream (the
 normal class first, the low class only when no normal call waits for it), and V becomes
-that tag. So under saturation teams with work waiting are served in proportion to their
-shares, and a team that was idle starts at V, ahead of every call a flooding team queued
-after V: it is served within about one slot. SFQ rather than deficit round robin: calls
+that tag. V is the model's own (service on other models does not move it); an upstream
+shared by several models gives its slot to the call nearest its model's V. So under
+saturation teams with work waiting are served in proportion to their shares, and a team
+that was idle starts at V, ahead of every call a flooding team queued after V: it is
+served within about one slot. SFQ rather than deficit round robin: calls
 have no known size (a stream's length is learnt at its end), so each costs one; and a
 freed slot is on one upstream that only some waiting calls may use (HIPAA, retries),
 which a smallest-eligible-tag choice handles directly where a round-robin pointer would
@@ -26,9 +28,10 @@ have to skip and remember. Ties go to the earlier arrival.
 
 Bounds: a call waits at most its `max_wait_ms` (then 503 `model_overloaded` with
 Retry-After, never sent upstream), a team's queue for a model holds at most `max_depth`
-(beyond: refused at once), and a call whose client leaves leaves the line at once, holding
-nothing. A retry comes back with its first start tag: it is not charged again, and it is
-ahead of calls that arrived after it.
+(both classes together; beyond: refused at once), and a call whose client leaves leaves
+the line at once, holding nothing, and is not charged: the calls of its queue behind it
+move up. The wait is the call's, over all its attempts. A retry comes back with its first
+start tag: it is not charged again, and it is ahead of calls that arrived after it.
 """
 
 from __future__ import annotations
@@ -81,19 +84,24 @@ class _Waiter:
     order: int
     eligible: frozenset[str]
     future: asyncio.Future[str]
+    charged: bool  # its queue's finish tag counts it (a first try; a retry was already)
 
 
 @dataclass(slots=True)
 class _Queue:
     share: float
     finish: float = 0.0
-    # The finish tag of its last call that was served: where `finish` goes back to when
-    # every call after it left the line unserved.
-    served_finish: float = 0.0
     waiting: deque[_Waiter] = field(default_factory=deque)
 
 
-QueueKey = tuple[str, str, bool]  # model, team, low class
+@dataclass(slots=True)
+class _Line:
+    """One model's queues (one per team and class) and its virtual time: SFQ's clock runs
+    per model, so service on other models' upstreams does not move it."""
+
+    virtual: float = 0.0
+    waiting: int = 0
+    queues: dict[tuple[str, bool], _Queue] = field(default_factory=dict)
 
 
 class Capacity:
@@ -108,13 +116,11 @@ class Capacity:
         # Upstreams with a bound only; the others are never counted.
         self._limits = {name: limit for name, limit in limits.items() if limit is not None}
         self.in_flight = dict.fromkeys(self._limits, 0)
-        self._queues: dict[QueueKey, _Queue] = {}
-        self._virtual = 0.0
+        self._lines: dict[str, _Line] = {}
         self._order = itertools.count()
         # Waiting calls that may use each upstream: a free slot is taken at once only when
         # none waits for it (otherwise a newcomer would pass the line).
         self._waiting_for = dict.fromkeys(self._limits, 0)
-        self._waiting = 0
         self._on_depth = on_depth
 
     def bounded(self, name: str) -> bool:
@@ -134,30 +140,40 @@ class Capacity:
         return False
 
     async def take(self, place: Place, candidates: Sequence[str], until: float) -> str:
-        """A slot on one of `candidates` (bounded upstreams, all full), waiting in line
-        until `until` (event-loop time); the upstream whose slot it got. Raises
-        QueueRefused; a cancelled wait leaves the line."""
+        """A slot on one of `candidates`, waiting in line until `until` (event-loop time)
+        when none is free now; the upstream whose slot it got. Raises QueueRefused; a
+        cancelled wait leaves the line."""
+        for name in candidates:  # an unbounded one, or a free slot: no wait
+            if self.try_take(name):
+                return name
         claimant = place.claimant
-        key = (place.model, claimant.team, claimant.low_priority)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue(claimant.share)
-        queue.share = claimant.share  # a reload may have changed it
         retry_after = max(1, math.ceil(claimant.max_wait_s))
-        if len(queue.waiting) >= claimant.max_depth:
+        line = self._lines.get(place.model)
+        depth = 0 if line is None else _depth(line, claimant.team)
+        if depth >= claimant.max_depth:
             raise QueueRefused("queue_full", retry_after)
         loop = asyncio.get_running_loop()
         if until <= loop.time():
             raise QueueRefused("max_wait", retry_after)
-        if place.start is None:  # a retry keeps its place; a first try is charged
-            place.start = max(self._virtual, queue.finish)
+        if line is None:
+            line = self._lines[place.model] = _Line()
+        key = (claimant.team, claimant.low_priority)
+        queue = line.queues.get(key)
+        if queue is None:
+            queue = line.queues[key] = _Queue(claimant.share)
+        queue.share = claimant.share  # a reload may have changed it
+        charged = place.start is None  # a retry keeps its place and is not charged again
+        if charged:
+            place.start = max(line.virtual, queue.finish)
             queue.finish = place.start + 1.0 / queue.share
+        assert place.start is not None
+        eligible = frozenset(name for name in candidates if name in self._limits)
         waiter = _Waiter(
-            place, place.start, next(self._order), frozenset(candidates), loop.create_future()
+            place, place.start, next(self._order), eligible, loop.create_future(), charged
         )
         _in_order(queue.waiting, waiter)
-        self._waiting += 1
-        for name in waiter.eligible:
+        line.waiting += 1
+        for name in eligible:
             self._waiting_for[name] += 1
         self._on_depth(place.model, claimant.team, 1)
         began = loop.time()
@@ -169,7 +185,7 @@ class Capacity:
                 # The slot was handed over just as the wait ended: pass it on.
                 self.release(waiter.future.result())
             else:
-                self._leave(key, queue, waiter)
+                self._leave(place.model, line, key, queue, waiter)
             if isinstance(failure, TimeoutError):
                 raise QueueRefused("max_wait", retry_after) from None
             raise
@@ -177,58 +193,84 @@ class Capacity:
             place.waited_s += loop.time() - began
 
     def release(self, name: str) -> None:
-        """Gives a slot of `name` back: to the first call in fair order that may use it,
-        else to the upstream."""
+        """Gives a slot of `name` back: to the first call in fair order that may use it
+        (the normal class first; across models, the one nearest its model's virtual
+        time), else to the upstream."""
         if name not in self._limits:
             return
-        best: tuple[bool, float, int] | None = None
-        chosen: tuple[QueueKey, _Queue] | None = None
-        if self._waiting_for[name]:
-            for key, queue in self._queues.items():
-                if queue.waiting and name in queue.waiting[0].eligible:
-                    head = queue.waiting[0]
-                    rank = (key[2], head.start, head.order)
-                    if best is None or rank < best:
-                        best, chosen = rank, (key, queue)
-        if chosen is None:
-            self.in_flight[name] -= 1
+        while self._waiting_for[name]:
+            chosen = self._first_for(name)
+            if chosen is None:  # cannot happen while the counts are right
+                break
+            model, line, key, queue, waiter = chosen
+            queue.waiting.remove(waiter)
+            if waiter.future.done():  # cancelled, its task not yet run: it leaves
+                self._gone(model, line, key, queue, waiter)
+                continue
+            line.virtual = max(line.virtual, waiter.start)
+            self._gone(model, line, key, queue, waiter)
+            waiter.future.set_result(name)  # the slot changes hands; in_flight stays
             return
-        key, queue = chosen
-        waiter = queue.waiting.popleft()
-        self._virtual = max(self._virtual, waiter.start)
-        queue.served_finish = max(queue.served_finish, waiter.start + 1.0 / queue.share)
-        self._gone(key, queue, waiter)
-        waiter.future.set_result(name)  # the slot changes hands; in_flight stays
+        self.in_flight[name] -= 1
 
     def depth(self, model: str, team: str) -> int:
-        return sum(
-            len(queue.waiting)
-            for (queued_model, queued_team, _), queue in self._queues.items()
-            if (queued_model, queued_team) == (model, team)
-        )
+        line = self._lines.get(model)
+        return 0 if line is None else _depth(line, team)
 
-    def _leave(self, key: QueueKey, queue: _Queue, waiter: _Waiter) -> None:
+    def _first_for(self, name: str) -> tuple[str, _Line, tuple[str, bool], _Queue, _Waiter] | None:
+        best: tuple[bool, float, int] | None = None
+        chosen = None
+        for model, line in self._lines.items():
+            for key, queue in line.queues.items():
+                # The first of the queue (in tag order) that may use the upstream.
+                waiter = next((w for w in queue.waiting if name in w.eligible), None)
+                if waiter is None:
+                    continue
+                rank = (key[1], waiter.start - line.virtual, waiter.order)
+                if best is None or rank < best:
+                    best, chosen = rank, (model, line, key, queue, waiter)
+        return chosen
+
+    def _leave(
+        self, model: str, line: _Line, key: tuple[str, bool], queue: _Queue, waiter: _Waiter
+    ) -> None:
         try:
             queue.waiting.remove(waiter)
         except ValueError:
-            return
-        if not queue.waiting:
-            # Every call after the last one served left unserved: none is charged.
-            queue.finish = min(queue.finish, max(queue.served_finish, self._virtual))
-        self._gone(key, queue, waiter)
+            return  # already taken out by a release
+        if waiter.charged:
+            # It was never served: its queue is not charged for it. The calls after it
+            # move up by its cost (never below the model's virtual time).
+            cost = 1.0 / queue.share
+            for later in queue.waiting:
+                if later.start > waiter.start:
+                    later.start = later.place.start = max(line.virtual, later.start - cost)
+            queue.finish = max(line.virtual, queue.finish - cost)
+        self._gone(model, line, key, queue, waiter)
 
-    def _gone(self, key: QueueKey, queue: _Queue, waiter: _Waiter) -> None:
-        self._waiting -= 1
+    def _gone(
+        self, model: str, line: _Line, key: tuple[str, bool], queue: _Queue, waiter: _Waiter
+    ) -> None:
+        line.waiting -= 1
         for name in waiter.eligible:
             self._waiting_for[name] -= 1
-        self._on_depth(key[0], key[1], -1)
-        if not self._waiting:
-            # The end of a busy period: no past is owed (SFQ's virtual time moves to the
-            # largest finish tag), and no queue needs remembering.
-            self._virtual = max([self._virtual, *(q.finish for q in self._queues.values())])
-            self._queues.clear()
-        elif not queue.waiting and queue.finish <= self._virtual:
-            del self._queues[key]  # nothing to remember: its next call starts at V anyway
+        self._on_depth(model, key[0], -1)
+        if not line.waiting:
+            # The end of the model's busy period: no past is owed (SFQ's virtual time moves
+            # to the largest finish tag), and no queue needs remembering.
+            line.virtual = max([line.virtual, *(q.finish for q in line.queues.values())])
+            line.queues.clear()
+        elif not queue.waiting and queue.finish <= line.virtual:
+            del line.queues[key]  # nothing to remember: its next call starts at V anyway
+
+
+def _depth(line: _Line, team: str) -> int:
+    """The calls a team has waiting for the model, both classes."""
+    return sum(
+        len(queue.waiting)
+        for klass in (False, True)
+        if (queue := line.queues.get((team, klass))) is not None
+    )
 
 
 def _in_order(waiting: deque[_Waiter], waiter: _Waiter) -> None:

@@ -173,3 +173,65 @@ async def test_a_retry_keeps_its_place_ahead_of_later_calls() -> None:
     assert (await serve(capacity, later, 1)) == ["retry"]
     for task in later:
         task.cancel()
+
+
+async def test_an_unbounded_or_free_candidate_is_taken_without_waiting() -> None:
+    capacity = Capacity({"bounded": 1, "open": None})
+    assert capacity.try_take("bounded")
+    assert await capacity.take(place("a"), ("bounded", "open"), FOREVER) == "open"
+    capacity.release("bounded")
+    assert await capacity.take(place("a"), ("bounded",), FOREVER) == "bounded"
+    assert capacity.depth("m", "a") == 0
+
+
+async def test_a_release_that_finds_a_cancelled_waiter_passes_the_slot_on() -> None:
+    capacity = Capacity({"u": 1})
+    assert capacity.try_take("u")
+    cancelled, next_in_line = await queued(capacity, place("a"), place("b"))
+    cancelled.cancel()  # its future is cancelled now, its task has not run yet
+    capacity.release("u")  # must not fail, nor lose the slot
+    assert await next_in_line == "u"
+    await asyncio.gather(cancelled, return_exceptions=True)
+    capacity.release("u")
+    assert capacity.in_flight["u"] == 0
+    assert capacity.depth("m", "a") == capacity.depth("m", "b") == 0
+
+
+async def test_a_slot_goes_to_a_later_call_of_a_queue_whose_first_may_not_use_it() -> None:
+    capacity = Capacity({"hipaa": 1, "other": 1})
+    assert capacity.try_take("hipaa") and capacity.try_take("other")
+    [only_hipaa] = await queued(capacity, place("a"), upstreams=("hipaa",))
+    [either] = await queued(capacity, place("a"), upstreams=("hipaa", "other"))
+
+    capacity.release("other")
+    await asyncio.sleep(0)
+    assert either.done() and await either == "other"
+    assert capacity.in_flight == {"hipaa": 1, "other": 1}
+    only_hipaa.cancel()
+
+
+async def test_virtual_time_is_per_model_so_other_models_do_not_push_a_newcomer_back() -> None:
+    capacity = Capacity({"u1": 1, "u2": 1})
+    assert capacity.try_take("u1") and capacity.try_take("u2")
+    busy = [Place(Claimant("x"), "m1") for _ in range(50)]
+    m1 = await queued(capacity, *busy, upstreams=("u1",))
+    backlog = {
+        task: "c"
+        for task in await queued(
+            capacity, *[Place(Claimant("c"), "m2") for _ in range(20)], upstreams=("u2",)
+        )
+    }
+    for _ in range(49):  # m1 turns over fast: its virtual time runs ahead
+        capacity.release("u1")
+        await asyncio.sleep(0)
+    [late] = await queued(capacity, Place(Claimant("d"), "m2"), upstreams=("u2",))
+    backlog[late] = "d"
+    order = []
+    for _ in range(2):
+        capacity.release("u2")
+        await asyncio.sleep(0)
+        done = [task for task in backlog if task.done()]
+        order += [backlog.pop(task) for task in done]
+    assert order == ["c", "d"]  # d right after the call in service's successor
+    for task in [*m1, *backlog]:
+        task.cancel()
