@@ -11,8 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import openai
+import pytest
 
 from tests.conftest import (
+    MODEL,
     TEAM_KEY,
     RedisProcess,
     RunningGateway,
@@ -20,6 +23,7 @@ from tests.conftest import (
     StartGateway,
     auth,
     chat_body,
+    sdk_for,
 )
 from tests.integration.capacity import capacity_config, client_session, post
 
@@ -145,3 +149,20 @@ async def _equals(value: Awaitable[float], expected: float) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_openai_sdk_sees_model_overloaded_as_a_503_with_its_code(
+    start_gateway: StartGateway, upstream: RunningUpstream, spare_upstream: RunningUpstream
+) -> None:
+    gateway = await start_gateway(held_config(upstream, spare_upstream, max_wait_ms=100))
+    async with client_session() as session, sdk_for(gateway) as sdk:
+        holders = await fill(session, gateway)
+        with pytest.raises(openai.InternalServerError) as refused:
+            await sdk.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hello there"}]
+            )
+        await asyncio.gather(*holders)
+
+    assert refused.value.status_code == 503
+    assert refused.value.code == "model_overloaded"
+    assert refused.value.response.headers["Retry-After"] == "1"
