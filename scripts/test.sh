@@ -8,7 +8,8 @@ bash scripts/setup-env.sh
 # loopback port), redis-cli, package redis-tools (creates the tests' Redis Cluster of six),
 # haproxy (`haproxy -c` on deploy/haproxy.cfg), kubectl, package kubernetes-client
 # (`kubectl kustomize` renders deploy/kubernetes), and the benchmark's nginx (package
-# nginx-light: `nginx -t` on its configurations, its upstream answers) and wrk.
+# nginx-light: `nginx -t` on its configurations, its upstream answers), wrk, and promtool
+# (package prometheus: `promtool test rules` on deploy/prometheus/alerts.yaml).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
@@ -16,6 +17,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,45 +1,24 @@
-"""The Grafana dashboards query only metrics the gateway exports, and the provisioning files
-load them from where compose mounts them.
-
-The exported set comes from a real gateway: the app is built from the test config, serves
-one request, and its `GET /metrics` is parsed with prometheus_client's own parser. Every
-metric family is listed there (labelled ones with no sample yet too, by their HELP and TYPE
-lines), so a metric counts as exported even if this one request did not touch it."""
+"""The Grafana dashboards query only metrics the gateway exports (see
+`tests/exported_metrics.py`), and the provisioning files load them from where compose
+mounts them."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import build_app
-from tests.conftest import RunningUpstream, auth, chat_body, config_dict, make_config
+from tests.conftest import RunningUpstream
+from tests.exported_metrics import exported_samples, metric_names, scrape, unknown_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 PROVISIONING = ROOT / "grafana" / "provisioning"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-
-_METRIC = re.compile(r"\bllm_gateway_[A-Za-z0-9_]*")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-# The sample names Prometheus stores for one metric family of each type.
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"),
-    "gauge": ("",),
-    "untyped": ("",),
-    "info": ("_info",),
-    "stateset": ("",),
-    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
-}
 
 
 def _dashboard(path: Path) -> dict[str, Any]:
@@ -82,41 +61,9 @@ def template_queries(dashboard: dict[str, Any]) -> list[str]:
     return queries
 
 
-def metric_names(expr: str) -> set[str]:
-    """The gateway metric names a PromQL expression selects (label values and other string
-    literals left out)."""
-    return set(_METRIC.findall(_STRING.sub('""', expr)))
-
-
-def exported_samples(exposition: str) -> dict[str, str]:
-    """Every sample name the exposition's metric families produce, to the family name."""
-    samples: dict[str, str] = {}
-    for family in text_string_to_metric_families(exposition):
-        for suffix in _SUFFIXES[family.type]:
-            samples[family.name + suffix] = family.name
-        for sample in family.samples:
-            samples[sample.name] = family.name
-    return samples
-
-
-def unknown_metrics(exprs: list[str], exported: dict[str, str]) -> dict[str, str]:
-    """Each referenced name the gateway does not export, to the expression using it."""
-    return {name: expr for expr in exprs for name in metric_names(expr) if name not in exported}
-
-
 @pytest.fixture
 async def exposition(upstream: RunningUpstream) -> str:
-    config = make_config(config_dict(upstream.url))
-    client = TestClient(TestServer(build_app(config)))
-    await client.start_server()
-    try:
-        answer = await client.post("/v1/chat/completions", json=chat_body(), headers=auth())
-        assert answer.status == 200, await answer.text()
-        metrics = await client.get("/metrics")
-        assert metrics.status == 200
-        return await metrics.text()
-    finally:
-        await client.close()
+    return await scrape(upstream.url)
 
 
 def test_there_are_dashboards_with_queries() -> None:
