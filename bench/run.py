@@ -410,6 +410,18 @@ def run_wrk(url: str, case: Case, seconds: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------ results
 
 
+def wrk_in_background(proxy: Proxy, case: Case, seconds: int) -> subprocess.Popen[str]:
+    """wrk at the case's concurrency for `seconds`, while the caller does something else
+    (profiles, samples memory); its figures are `parse_wrk` of its output at the end."""
+    command = ["wrk", "-t1", f"-c{case.concurrency}", f"-d{seconds}s", "--timeout", "10s"]
+    return subprocess.Popen(
+        pinned(UPSTREAM_CORE, [*command, "-s", str(BENCH / "wrk.lua"), proxy.url(case)]),
+        env={**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": TEAM_KEY},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def best(runs: list[dict[str, Any]], case: Case) -> dict[str, Any]:
     if case.concurrency > 1:
         return max(runs, key=lambda run: float(run["rps"]))
@@ -1008,18 +1020,7 @@ def profile(args: argparse.Namespace) -> int:
             run_wrk(gateway.url(case), case, 1)  # warm-up
             out = Path(tmp) / f"{name}-{kind}.txt"
             seconds = args.duration * 2
-            load = subprocess.Popen(
-                pinned(
-                    UPSTREAM_CORE,
-                    [
-                        *("wrk", "-t1", "-c64", f"-d{seconds + 2}s"),
-                        *("-s", str(BENCH / "wrk.lua"), gateway.url(case)),
-                    ],
-                ),
-                env={**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": TEAM_KEY},
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            load = wrk_in_background(gateway, case, seconds + 2)
             time.sleep(1)
             subprocess.run(
                 pinned(
@@ -1082,18 +1083,7 @@ def soak(args: argparse.Namespace) -> int:
         gateway = proxies["gateway-redis"]
         case = Case("json", 64)
         check_answer(gateway, case)
-        load = subprocess.Popen(
-            pinned(
-                UPSTREAM_CORE,
-                [
-                    *("wrk", "-t1", "-c64", f"-d{args.soak}s", "--timeout", "10s"),
-                    *("-s", str(BENCH / "wrk.lua"), gateway.url(case)),
-                ],
-            ),
-            env={**os.environ, "BENCH_BODY": case.body, "BENCH_KEY": TEAM_KEY},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        load = wrk_in_background(gateway, case, args.soak)
         started = time.monotonic()
         while load.poll() is None:
             time.sleep(10)

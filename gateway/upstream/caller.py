@@ -126,7 +126,7 @@ class UpstreamCaller:
                 tried.add(target.upstream_name)
                 record.upstream, record.attempts = target.upstream_name, attempt
                 started = self._health.now()
-                answer = await self._holding_capacity(
+                answer = await self._attempt(
                     target, route, translation, stream, request_id, deadline
                 )
             except AttemptFailed as failed:
@@ -200,31 +200,6 @@ class UpstreamCaller:
             wait.observe(place.waited_s - waited)
         return candidates[name]
 
-    async def _holding_capacity(
-        self,
-        target: UpstreamTarget,
-        route: Route,
-        translation: Translation,
-        stream: bool,
-        request_id: str,
-        deadline: float,
-    ) -> JsonAnswer | StreamAnswer:
-        """The attempt, holding its capacity slot until its answer is read or its stream
-        closed."""
-        name = target.upstream_name
-        if not self._capacity.bounded(name):
-            return await self._attempt(target, route, translation, stream, request_id, deadline)
-        try:
-            answer = await self._attempt(target, route, translation, stream, request_id, deadline)
-        except BaseException:
-            self._capacity.release(name)
-            raise
-        if isinstance(answer, StreamAnswer):
-            answer.on_close.append(lambda: self._capacity.release(name))
-        else:
-            self._capacity.release(name)
-        return answer
-
     async def _attempt(
         self,
         target: UpstreamTarget,
@@ -234,16 +209,20 @@ class UpstreamCaller:
         request_id: str,
         deadline: float,
     ) -> JsonAnswer | StreamAnswer:
+        """One attempt, holding the capacity slot it was given (see `_attempts`) and a
+        connection of the pool until its answer is read or its stream closed."""
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
         name = target.upstream_name
         state = self._health.state[name]
         pool = self._client.pools[name]
+        capacity = self._capacity
         state.outstanding += 1
         try:
             if not pool.try_acquire():
                 await self._wait_for_connection(name, pool, deadline)
         except BaseException:
             state.outstanding -= 1
+            capacity.release(name)
             raise
         duration = self._metrics.upstream_attempt_duration
         started = time.perf_counter()
@@ -260,14 +239,17 @@ class UpstreamCaller:
         except BaseException:
             state.outstanding -= 1
             pool.release()
+            capacity.release(name)
             self._metrics.child(duration, name, "error").observe(time.perf_counter() - started)
             raise
         self._metrics.child(duration, name, "ok").observe(time.perf_counter() - started)
         if isinstance(answer, StreamAnswer):
-            answer.on_close += (state.ended, pool.release)
+            # The connection first: the next call in line for the slot then finds it free.
+            answer.on_close += (state.ended, pool.release, lambda: capacity.release(name))
         else:
             state.outstanding -= 1
             pool.release()
+            capacity.release(name)
         return answer
 
     async def _wait_for_connection(self, name: str, pool: ConnectionPool, deadline: float) -> None:
