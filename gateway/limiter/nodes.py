@@ -707,12 +707,12 @@ async def _run_batch(node: RedisNode, batch: list[_Queued]) -> None:
             return
         carried: set[Any] = set()
         commands = [queued.command(node, sent, carried) for queued in batch]
-        watch = _Watch(batch, connection, sent + node.timeout * (1 + _SEND_WITHIN_DEADLINES))
-        watch.arm(node.timeout)
-        await connection.send_packed_command(connection.pack_commands(commands))
         # Replies are read for as long as a caller may wait for one (the callers'
         # deadline is kept by the watch).
         read_for = node.timeout * (1 + _SEND_WITHIN_DEADLINES)
+        watch = _Watch(batch, connection, sent + read_for)
+        watch.arm(node.timeout)
+        await connection.send_packed_command(connection.pack_commands(commands))
         for _ in batch:
             replies.append(await _reply(connection, read_for))
         # NOSCRIPT (a restarted or flushed Redis): load the scripts, send those again.

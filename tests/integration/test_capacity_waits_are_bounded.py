@@ -122,18 +122,22 @@ async def test_clients_that_leave_the_line_leave_nothing_behind(
     async def depth() -> float:
         return await metric(gateway, "llm_gateway_queue_depth{")
 
+    async def depth_is(value: float) -> bool:
+        return await depth() == value
+
+    async def leases_released() -> bool:
+        return redis_server.command("ZCARD", inflight) == b":0\r\n"
+
     async with client_session() as session:
         holders = await fill(session, gateway)
         leaving = [asyncio.create_task(post(session, gateway, "team-a")) for _ in range(200)]
-        assert await until(lambda: _equals(depth(), 200), 3.0), await depth()
+        assert await until(lambda: depth_is(200), 3.0), await depth()
         held = redis_server.command("ZCARD", inflight)
         for client in leaving:
             client.cancel()
         await asyncio.gather(*leaving, return_exceptions=True)
-        emptied = await until(lambda: _equals(depth(), 0), 2.0)
-        released = await until(
-            lambda: _true(redis_server.command("ZCARD", inflight) == b":0\r\n"), 2.0
-        )
+        emptied = await until(lambda: depth_is(0), 2.0)
+        released = await until(leases_released, 2.0)
         sent = len(upstream.state.requests) + len(spare_upstream.state.requests)
         for holder in holders:
             holder.cancel()
@@ -141,14 +145,6 @@ async def test_clients_that_leave_the_line_leave_nothing_behind(
     assert held == b":200\r\n"  # each of the 200 held its lease while it waited
     assert emptied and released
     assert sent == 2  # the holders: none of the 200 that left reached an upstream
-
-
-async def _equals(value: Awaitable[float], expected: float) -> bool:
-    return await value == expected
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_the_openai_sdk_sees_model_overloaded_as_a_503_with_its_code(
