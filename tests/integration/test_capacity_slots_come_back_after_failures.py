@@ -17,6 +17,11 @@ async def test_slots_come_back_after_retries_errors_and_cut_streams(
 ) -> None:
     raw = capacity_config(upstream, spare_upstream, 1, 0.0)
     raw["queue"] = {"max_wait_ms": 0}
+    # Both upstreams fail on purpose in every cycle and the balancer picks the one that
+    # serves the third attempt at random: five straight failures would eject one (for
+    # seconds), leaving the two requests at the end one healthy slot. Ejection is
+    # tests/integration/test_upstream_resilience.py's subject, not this file's.
+    raw["health"] = {"consecutive_failures": 1000}
     gateway = await start_gateway(raw)
     faults = [
         Behavior(status=503),  # retried on the other upstream
