@@ -14,6 +14,7 @@ import pytest
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     MODEL,
+    OTHER_TEAM_MODEL,
     UPSTREAM_MODEL,
     RunningGateway,
     RunningUpstream,
@@ -80,9 +81,13 @@ async def test_failing_upstream_is_retried_around_then_ejected_after_k_failures(
 async def test_the_last_upstream_of_a_model_is_never_ejected(
     start_gateway: StartGateway, upstream: RunningUpstream, second: RunningUpstream
 ) -> None:
-    gateway = await start_gateway(
-        two_upstreams(upstream, second, health={"consecutive_failures": 2, "base_ejection_s": 60})
-    )
+    raw = two_upstreams(upstream, second, health={"consecutive_failures": 2, "base_ejection_s": 60})
+    # The suite's other model is served by `fake` alone, which would make `fake` the last
+    # upstream of that model from the start: both serve it here, so whichever of the two
+    # fails twice first (500s are not retried: one random pick per request) is ejected
+    # and the other is the last one of both models.
+    raw["models"][OTHER_TEAM_MODEL]["upstreams"] = raw["models"][MODEL]["upstreams"]
+    gateway = await start_gateway(raw)
     upstream.state.default = second.state.default = Behavior(status=500)
 
     for _ in range(10):
