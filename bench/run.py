@@ -257,8 +257,10 @@ def gateway_config(
     limited: bool,
     redis_timeout_ms: int = 0,
     max_in_flight: int | None = None,
+    tracing_endpoint: str | None = None,
 ) -> str:
-    """JSON, which is YAML: one upstream and one model per kind of canned answer."""
+    """JSON, which is YAML: one upstream and one model per kind of canned answer; with
+    `tracing_endpoint`, every request traced (sample ratio 1) and exported there."""
     # The default Redis deadline (50 ms) unless told: a saturated process must still decide
     # every request with Redis (the run fails when any was admitted fail-open).
     rate_limits: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
@@ -276,6 +278,7 @@ def gateway_config(
             for kind in KINDS
         },
         "models": {f"bench-{kind}": {"upstreams": [{"upstream": kind}]} for kind in KINDS},
+        **({"tracing": {"endpoint": tracing_endpoint}} if tracing_endpoint else {}),
         "teams": {
             "bench": {
                 "key_hashes": [hashlib.sha256(TEAM_KEY.encode()).hexdigest()],
@@ -484,6 +487,9 @@ def check_targets(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, di
     capacity = results.get("gateway-redis-cap", {})
     cap_rps = get(capacity, "json-c64", "rps")
     cap_loss = None if not cap_rps or not redis_rps else round(1 - cap_rps / redis_rps, 4)
+    traced = results.get("gateway-redis-trace", {})
+    trace_rps = get(traced, "json-c64", "rps")
+    trace_loss = None if not trace_rps or not redis_rps else round(1 - trace_rps / redis_rps, 4)
     verdicts = {
         "json_rps_c64": target(redis_rps, 4000, True, "JSON requests/s at c=64 >= 4,000"),
         "json_added_p50_c1": target(
@@ -508,6 +514,11 @@ def check_targets(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, di
         # the hot path measurably slower; "measurably" on this machine is a few percent.
         "capacity_rps_loss": target(
             cap_loss, 0.05, False, "capacity check throughput loss at c=64 (free slots) <= 5%"
+        ),
+        # Issue 14: tracing off costs nothing (no tracing in the paths); on, with every
+        # request sampled, it is the SDK's spans and the export thread: our own budget.
+        "tracing_rps_loss": target(
+            trace_loss, 0.25, False, "tracing on (all sampled) throughput loss at c=64 <= 25%"
         ),
     }
     # What the throughput would be if the gateway had its core to itself (answers per
@@ -769,8 +780,14 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
                 for workers in args.workers
                 for name, limited in (("gateway", False), ("gateway-redis", True))
             ]
-            # Upstream capacity bounded (never reached): what the capacity check costs.
-            + ([("gateway-redis-cap", True, 1)] if 1 in args.workers else [])
+            # Upstream capacity bounded (never reached): what the capacity check costs;
+            # every request traced and exported (to nginx, which answers 200): what
+            # tracing costs (off, the paths have no tracing in them at all).
+            + (
+                [("gateway-redis-cap", True, 1), ("gateway-redis-trace", True, 1)]
+                if 1 in args.workers
+                else []
+            )
         )
         for name, limited, workers in variants:
             label = name if workers == 1 else f"{name}-w{workers}"
@@ -780,10 +797,15 @@ def system(args: argparse.Namespace, workdir: Path, profile: bool) -> Iterator[d
             url = redis_url if limited or workers > 1 else None
             config = workdir / f"{label}.yaml"
             cap = 10_000 if name.endswith("-cap") else None
-            config.write_text(gateway_config(port, upstream_port, url, limited, 0, cap))
+            collector = (
+                f"http://127.0.0.1:{upstream_port}/otlp" if name.endswith("-trace") else None
+            )
+            config.write_text(gateway_config(port, upstream_port, url, limited, 0, cap, collector))
             what = "Redis limits" if limited else "limits off"
             if cap:
                 what += f", upstream max_in_flight {cap}"
+            if collector:
+                what += ", every request traced (OTLP/HTTP to nginx)"
             cpus = PROXY_CORE if workers == 1 else f"{PROXY_CORE},{UPSTREAM_CORE}"
             proxy = Proxy(
                 label, f"llm-gateway, {what}, {workers} worker(s)", cpus, port, metrics=limited

@@ -22,11 +22,12 @@ The connections themselves (timeouts, cap, malformed HTTP) are `connections.py`'
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import secrets
-from collections.abc import AsyncIterator
-from typing import TextIO
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TextIO
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
@@ -73,6 +74,7 @@ from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollecto
 from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
 from gateway.reload import Paths, PathsHolder, Reloader, SharedParts
+from gateway.routing import SpanValue
 from gateway.stages.audit import Audit
 from gateway.stages.auth import Authenticator
 from gateway.stages.context_length import ContextLength
@@ -83,6 +85,7 @@ from gateway.stages.ratelimit import RateLimitStage, Settlements
 from gateway.stages.relay import LiveStreams, Relay
 from gateway.stages.route import Router
 from gateway.stages.safety import AnswerCheck, SafetyCheck, SafetyModel
+from gateway.stages.trace import Trace, Traced
 from gateway.stages.translate import Translator
 from gateway.stages.upstream import CallUpstream
 from gateway.stages.validate import Validator
@@ -95,12 +98,18 @@ from gateway.upstream.health import HealthBook
 from gateway.upstream.http1 import Connections
 from gateway.upstream.retry import RetryBudget
 
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
+
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AUDIT_LOG = web.AppKey("audit_log", JsonLines)
 _ACCESS_LOG = web.AppKey("access_log", LineLog)
 _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
+_TRACING: web.AppKey[Tracing] = web.AppKey("tracing")  # only when tracing is configured
 # Names the worker process that answered, when several serve the port (supervisor.py).
 WORKER_HEADER = "x-gateway-worker"
+# What a traced stage adds to its span, read from the exchange once the stage is done.
+SpanAttributes = Callable[[Exchange], dict[str, SpanValue]]
 
 
 def build_app(
@@ -146,6 +155,7 @@ def build_app(
     app[RETRY_BUDGET] = RetryBudget(config.retries)
     paths = app[PATHS] = PathsHolder()
     app[RELOADER] = Reloader(paths, source, app[METRICS], app[LOG], app[TASKS])
+    app.cleanup_ctx.append(functools.partial(_tracing, worker))
     app.cleanup_ctx.append(_upstream_connections)
     app.cleanup_ctx.append(_background_work)
     app.cleanup_ctx.append(_auth_failure_counter)
@@ -194,21 +204,33 @@ def build_paths(
     router = Router(config)
     safety = SafetyModel(router, caller, shared.metrics)
     audit, metrics = Audit(shared.audit_log), Metrics(shared.metrics)
+    tracing = shared.tracing
+
+    def trace(route: str, operation: str | None = None) -> list[Stage]:
+        return [] if tracing is None else [Trace(tracing, route, operation)]
+
+    def traced(stage: Stage, span: str, attributes: SpanAttributes | None = None) -> Stage:
+        return stage if tracing is None else Traced(stage, span, attributes)
+
     chat: list[Stage] = [
         audit,
         metrics,
+        *trace("/v1/chat/completions", "chat"),
         auth,
         Validator(config.server.max_body_bytes),
         router,
         PolicyStage(config),
         ContextLength(),
         Translator(),
-        RateLimitStage(
-            config, shared.limiter, shared.tasks, shared.log, shared.metrics, shared.settlements
+        traced(
+            RateLimitStage(
+                config, shared.limiter, shared.tasks, shared.log, shared.metrics, shared.settlements
+            ),
+            "rate_limit",
         ),
-        SafetyCheck(safety),
+        traced(SafetyCheck(safety), "safety_check", _safety_verdict),
         CallUpstream(caller),
-        AnswerCheck(safety),
+        traced(AnswerCheck(safety), "answer_safety_check", _answer_verdict),
         Relay(shared.live_streams),
     ]
     return Paths(
@@ -216,10 +238,23 @@ def build_paths(
         config=config,
         sha256=sha256,
         chat=Pipeline(chat, shared.log),
-        model_list=Pipeline([audit, metrics, auth, ModelList(router)], shared.log),
-        model_info=Pipeline([audit, metrics, auth, ModelInfo(router)], shared.log),
+        model_list=Pipeline(
+            [audit, metrics, *trace("/v1/models"), auth, ModelList(router)], shared.log
+        ),
+        model_info=Pipeline(
+            [audit, metrics, *trace("/v1/models/{model}"), auth, ModelInfo(router)], shared.log
+        ),
         keys=tuple(keys),
     )
+
+
+def _safety_verdict(exchange: Exchange) -> dict[str, SpanValue]:
+    return {"llm_gateway.safety.verdict": exchange.safety_verdict}
+
+
+def _answer_verdict(exchange: Exchange) -> dict[str, SpanValue]:
+    verdict = exchange.answer_verdict
+    return {} if verdict is None else {"llm_gateway.safety.verdict": verdict}
 
 
 def adopt(shared: SharedParts, paths: Paths) -> None:
@@ -257,6 +292,22 @@ async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
     await app[_AUTH_FAILURES].close()
 
 
+async def _tracing(worker: str | None, app: web.Application) -> AsyncIterator[None]:
+    """The process's tracer, when `tracing.endpoint` is set: made here, in the process
+    that serves (after a worker's fork), and flushed at the end."""
+    config = app[CONFIG].tracing
+    if config.endpoint is None:
+        yield
+        return
+    # Imported only here: the SDK and its exporter are a fifth of the process's memory
+    # and most of its import time, for nothing when tracing is off.
+    from gateway.observability.tracing import Tracing
+
+    tracing = app[_TRACING] = Tracing(config, config.endpoint, worker)
+    yield
+    await asyncio.get_running_loop().run_in_executor(None, tracing.close)
+
+
 async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     connections = Connections()
@@ -275,6 +326,7 @@ async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
         capacity=upstream_capacity(config, app[METRICS]),
         connections=connections,
         key_expiry=KeyExpiryLog(app[LOG]),
+        tracing=app.get(_TRACING),
     )
     # Made with the running loop, as are the paths that call upstreams.
     app[RELOADER].start(

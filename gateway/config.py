@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import (
@@ -285,6 +286,56 @@ class QueueConfig(BaseModel):
     max_depth: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
+class TracingConfig(BaseModel):
+    """OpenTelemetry traces of API requests, exported over OTLP/HTTP (protobuf). Off unless
+    `endpoint` is set; off, the request path does no tracing work at all. Read at start-up
+    (a reload that changes it is refused: the exporter and its thread live with the
+    process)."""
+
+    model_config = _FROZEN
+
+    # The collector's OTLP/HTTP base URL: spans go to `{endpoint}/v1/traces`.
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
+    # An environment variable holding extra export headers, as OTEL_EXPORTER_OTLP_HEADERS
+    # does: `name=value,name2=value2`, values percent-encoded (a vendor's API key, say).
+    headers_env: Annotated[EnvSecret | None, Field(exclude=True)] = None
+    # The share of new traces kept. A request whose client sent a `traceparent` follows the
+    # client's sampling decision instead (parent-based), so a trace is kept whole or not.
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # Spans are sent in batches at most this long after they end.
+    export_delay_ms: Annotated[float, Field(gt=0, le=60_000)] = 2000.0
+    # One export request waits at most this long; spans it could not deliver are dropped
+    # (and counted by the SDK's log), never retried into unbounded memory.
+    export_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # Spans waiting for export at most; beyond, new ones are dropped.
+    max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 8192
+
+    @field_validator("headers_env", mode="before")
+    @classmethod
+    def _read_headers(cls, variable: Any, info: ValidationInfo) -> EnvSecret | None:
+        if variable is None:
+            return None
+        if not isinstance(variable, str) or not variable:
+            raise ValueError("expected the name of an environment variable")
+        environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+        value = environ.get(variable)
+        if not value:
+            raise ValueError(f"environment variable {variable} is not set or empty")
+        for i, pair in enumerate(value.split(",")):
+            name, equals, _ = pair.partition("=")
+            if not equals or not name.strip():
+                # Names the position only: the value may be a secret.
+                raise ValueError(f"{variable}: entry {i + 1} is not name=value")
+        return EnvSecret(variable, value)
+
+    def export_headers(self) -> dict[str, str]:
+        """The extra export headers `headers_env` holds, decoded."""
+        if self.headers_env is None:
+            return {}
+        pairs = (pair.partition("=") for pair in self.headers_env.value.split(","))
+        return {unquote(name.strip()): unquote(value.strip()) for name, _, value in pairs}
+
+
 class TeamQueueConfig(BaseModel):
     """A team's own bounds, over the top-level `queue` ones."""
 
@@ -435,6 +486,7 @@ class GatewayConfig(BaseModel):
     health: HealthConfig = HealthConfig()
     security: SecurityConfig = SecurityConfig()
     queue: QueueConfig = QueueConfig()
+    tracing: TracingConfig = TracingConfig()
     # Policy files (*.yaml, named by file stem), relative to the configuration file.
     policies_dir: str | None = None
     # Policies given inline, by name (besides those of policies_dir).

@@ -33,6 +33,7 @@ from gateway.upstream.client import JsonAnswer, StreamAnswer
 if TYPE_CHECKING:
     from gateway.auth_failures import AuthFailure
     from gateway.contract import ChatCompletionRequest
+    from gateway.observability.tracing import RequestTrace
     from gateway.stages.context_length import Fitted
     from gateway.stages.policy import PolicyDecision
     from gateway.stages.ratelimit import Admission
@@ -86,6 +87,7 @@ class Exchange:
     http: web.Request  # the middleware
     started: float = field(default_factory=time.perf_counter)  # the middleware
 
+    trace: RequestTrace | None = None  # trace (only when tracing is on)
     team: Team | None = None  # auth
     # auth: a refused authentication (why, the client address, the key's fingerprint).
     auth_failure: AuthFailure | None = None

@@ -37,7 +37,7 @@ the audit trail; the key expiry log (an expiry is logged once per process).
 or by the process itself: every `server.*` setting (the listener and its limits, logs, the
 audit path); `rate_limits.redis_url`, `redis_timeout_ms`, `redis_retry_interval_s`,
 `key_prefix`, `warn_interval_s`, `slices` and `slice_ttl_ms`; every `auth_failures.*`
-setting; the set of upstreams (adding or removing one); an upstream's `base_url`,
+and `tracing.*` setting (the exporter and its thread live with the process); the set of upstreams (adding or removing one); an upstream's `base_url`,
 `max_connections` (its pool and its health are its address's) and `max_in_flight` (the
 capacity its calls hold and wait for). A file that changes any
 of them is refused whole, with result `restart_required` and one line naming each such
@@ -73,6 +73,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
@@ -93,6 +94,9 @@ from gateway.upstream.http1 import Connections
 from gateway.upstream.pool import ConnectionPool
 from gateway.upstream.retry import RetryBudget
 
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
+
 OK = "ok"
 UNCHANGED = "unchanged"
 INVALID = "invalid"
@@ -101,7 +105,7 @@ FAILED = "failed"
 RESULTS = (OK, UNCHANGED, INVALID, RESTART_REQUIRED, FAILED)
 
 # Sections whose every setting is read once by a part of the process that a reload keeps.
-_RESTART_ONLY_SECTIONS = ("server", "auth_failures")
+_RESTART_ONLY_SECTIONS = ("server", "auth_failures", "tracing")
 # The same, setting by setting: the rate-limit backend and the failure counter are built
 # once; the rest of `rate_limits` is the rate-limit stage's, rebuilt with it.
 _RESTART_ONLY_RATE_LIMITS = (
@@ -137,6 +141,8 @@ class SharedParts:
     capacity: Capacity
     connections: Connections
     key_expiry: KeyExpiryLog
+    # None when tracing is off (see `observability.tracing`).
+    tracing: Tracing | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)

@@ -1,10 +1,12 @@
 """What the stages and the upstream layer share, below both: a model's route (its upstreams
-and what they can honour), the request translated for each of them, and the record of the
-attempts one call made. `stages/` decides these; `upstream/` only reads them."""
+and what they can honour), the request translated for each of them, the record of the
+attempts one call made, and what a traced call tells its trace. `stages/` decides these;
+`upstream/` only reads them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.config import ModelConfig, UpstreamConfig
 from gateway.dialects import UpstreamDialect
@@ -71,3 +73,27 @@ class CallRecord:
     attempts: int = 0
     # Milliseconds the call waited in line for upstream capacity (all attempts).
     queue_wait_ms: float = 0.0
+
+
+SpanValue = str | int | float | bool
+
+
+class SpanEnd(Protocol):
+    """An open span of a traced call: `end` closes it with what was learnt meanwhile."""
+
+    def end(self, **attributes: SpanValue) -> None: ...
+
+
+class AttemptSpan(SpanEnd, Protocol):
+    # The trace context header lines to send with the attempt (`traceparent`, and the
+    # client's `tracestate`), naming the attempt's span as the upstream's parent.
+    headers: bytes
+
+
+class CallTrace(Protocol):
+    """What the upstream caller tells the trace of a call as it goes (given only when
+    tracing is on: untraced calls pay nothing)."""
+
+    def queue_wait(self) -> SpanEnd: ...
+
+    def attempt(self, target: UpstreamTarget, number: int) -> AttemptSpan: ...

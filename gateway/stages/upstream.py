@@ -2,8 +2,8 @@
 `upstream.caller`), and on the way out the release of a stream's upstream connection.
 
 Reads: `policy` (the route, the class), `team` (its line for capacity), `translation`,
-`request` (stream or not). Writes: `answer`, and through the caller `call` (where each
-attempt went, and how long it waited for capacity).
+`request` (stream or not), `trace` (when tracing: the attempts' spans). Writes: `answer`,
+and through the caller `call` (where each attempt went, how long it waited for capacity).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class CallUpstream(Stage):
             exchange.request_id,
             exchange.call,
             policy.claimant or need(exchange.team, "the team").queue_claimant,
+            exchange.trace,
         )
 
     def leave(self, exchange: Exchange) -> None:

@@ -29,7 +29,16 @@ import time
 from gateway.config import RetryConfig
 from gateway.errors import UpstreamBusy
 from gateway.observability.metrics import GatewayMetrics
-from gateway.routing import CallRecord, Claimant, Route, Translation, UpstreamTarget
+from gateway.routing import (
+    AttemptSpan,
+    CallRecord,
+    CallTrace,
+    Claimant,
+    Route,
+    SpanValue,
+    Translation,
+    UpstreamTarget,
+)
 from gateway.upstream.balance import Balancer
 from gateway.upstream.capacity import Capacity, Place, QueueRefused
 from gateway.upstream.client import AttemptFailed, JsonAnswer, StreamAnswer, UpstreamClient
@@ -75,15 +84,19 @@ class UpstreamCaller:
         request_id: str,
         record: CallRecord,
         claimant: Claimant | None = None,
+        trace: CallTrace | None = None,
     ) -> JsonAnswer | StreamAnswer:
         """The answer of the first attempt that succeeds; raises the last failure's
         GatewayError. `record` names the upstream and attempt of each try as it starts,
         and how long the call waited for capacity; `claimant` is whose line it waits in
-        (None: the gateway's own, as for a safety check without a team)."""
+        (None: the gateway's own, as for a safety check without a team); `trace`, when
+        the request is traced, gets a span for each attempt and for a wait in line."""
         self.budget.active_calls += 1
         place = Place(claimant or _GATEWAY, route.model)
         try:
-            answer = await self._attempts(route, translation, stream, request_id, record, place)
+            answer = await self._attempts(
+                route, translation, stream, request_id, record, place, trace
+            )
         except BaseException:
             self.budget.active_calls -= 1
             raise
@@ -107,6 +120,7 @@ class UpstreamCaller:
         request_id: str,
         record: CallRecord,
         place: Place,
+        trace: CallTrace | None,
     ) -> JsonAnswer | StreamAnswer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.deadline_s
@@ -115,6 +129,7 @@ class UpstreamCaller:
         # Before a retry, its backoff; the retry then holds a slot of the budget until it
         # ends, however it ends (the client may leave during the backoff).
         backoff: float | None = None
+        retry_reason = ""  # why the attempt is a retry, for its span
         while True:
             attempt += 1
             try:
@@ -122,12 +137,13 @@ class UpstreamCaller:
                     await asyncio.sleep(backoff)
                 target = self._balancer.pick(route, tried)
                 if not self._capacity.try_take(target.upstream_name):
-                    target = await self._wait_for_capacity(route, tried, place, deadline)
+                    target = await self._wait_for_capacity(route, tried, place, deadline, trace)
                 tried.add(target.upstream_name)
                 record.upstream, record.attempts = target.upstream_name, attempt
                 started = self._health.now()
+                span = None if trace is None else trace.attempt(target, attempt)
                 answer = await self._attempt(
-                    target, route, translation, stream, request_id, deadline
+                    target, route, translation, stream, request_id, deadline, span, retry_reason
                 )
             except AttemptFailed as failed:
                 failure = failed
@@ -144,6 +160,7 @@ class UpstreamCaller:
             )
             if backoff is None:
                 raise failure.error
+            retry_reason = _reason(failure)
 
     def _retry_backoff(
         self,
@@ -177,7 +194,12 @@ class UpstreamCaller:
         return wait
 
     async def _wait_for_capacity(
-        self, route: Route, tried: set[str], place: Place, deadline: float
+        self,
+        route: Route,
+        tried: set[str],
+        place: Place,
+        deadline: float,
+        trace: CallTrace | None,
     ) -> UpstreamTarget:
         """A slot on one of the upstreams this attempt may use (the picked one was full:
         another may be free, or unbounded), else the first freed on any of them, waiting
@@ -190,14 +212,20 @@ class UpstreamCaller:
         # The wait is the call's, over all its attempts.
         until = min(loop.time() + place.claimant.max_wait_s - place.waited_s, deadline)
         waited = place.waited_s
+        span = None if trace is None else trace.queue_wait()
+        outcome = "abandoned"  # the client left while it waited
         try:
             name = await self._capacity.take(place, list(candidates), until)
+            outcome = "served"
         except QueueRefused as refused:
+            outcome = refused.reason
             self._metrics.queue_rejected.labels(route.model, team, refused.reason).inc()
             raise refused.error() from None
         finally:
             wait = self._metrics.child(self._metrics.queue_wait, route.model, team)
             wait.observe(place.waited_s - waited)
+            if span is not None:
+                span.end(**{"llm_gateway.queue.outcome": outcome})
         return candidates[name]
 
     async def _attempt(
@@ -208,9 +236,13 @@ class UpstreamCaller:
         stream: bool,
         request_id: str,
         deadline: float,
+        span: AttemptSpan | None,
+        retry_reason: str,
     ) -> JsonAnswer | StreamAnswer:
         """One attempt, holding the capacity slot it was given (see `_attempts`) and a
-        connection of the pool until its answer is read or its stream closed."""
+        connection of the pool until its answer is read or its stream closed; its span,
+        when traced, ends when its answer is committed to (a stream's first event) or it
+        failed, and names why it was a retry."""
         translator = target.dialect.stream_translator(include_usage=True) if stream else None
         name = target.upstream_name
         state = self._health.state[name]
@@ -220,9 +252,11 @@ class UpstreamCaller:
         try:
             if not pool.try_acquire():
                 await self._wait_for_connection(name, pool, deadline)
-        except BaseException:
+        except BaseException as failure:
             state.outstanding -= 1
             capacity.release(name)
+            if span is not None:
+                span.end(**_failed_attempt(failure, retry_reason))
             raise
         duration = self._metrics.upstream_attempt_duration
         started = time.perf_counter()
@@ -235,14 +269,19 @@ class UpstreamCaller:
                 translator,
                 stream,
                 deadline,
+                b"" if span is None else span.headers,
             )
-        except BaseException:
+        except BaseException as failure:
             state.outstanding -= 1
             pool.release()
             capacity.release(name)
             self._metrics.child(duration, name, "error").observe(time.perf_counter() - started)
+            if span is not None:
+                span.end(**_failed_attempt(failure, retry_reason))
             raise
         self._metrics.child(duration, name, "ok").observe(time.perf_counter() - started)
+        if span is not None:
+            span.end(**_attempt_ended("ok", retry_reason, 200))
         if isinstance(answer, StreamAnswer):
             # The connection first: the next call in line for the slot then finds it free.
             answer.on_close += (state.ended, pool.release, lambda: capacity.release(name))
@@ -290,3 +329,24 @@ def _reason(failure: AttemptFailed) -> str:
     if status == 504:
         return "timeout"
     return "unavailable"
+
+
+def _failed_attempt(failure: BaseException, retry_reason: str) -> dict[str, SpanValue]:
+    """A failed attempt's span attributes: what failed (the error code the gateway would
+    answer with, and the upstream's status when it answered), never its message, which
+    may quote what the upstream was sent."""
+    if not isinstance(failure, AttemptFailed):  # the client left, or the process stops
+        return _attempt_ended("abandoned", retry_reason, None)
+    error = failure.error
+    attributes = _attempt_ended("failed", retry_reason, error.upstream_status)
+    attributes["error.type"] = type(error).__name__
+    return attributes
+
+
+def _attempt_ended(outcome: str, retry_reason: str, status: int | None) -> dict[str, SpanValue]:
+    attributes: dict[str, SpanValue] = {"llm_gateway.attempt.outcome": outcome}
+    if retry_reason:
+        attributes["llm_gateway.retry.reason"] = retry_reason
+    if status is not None:
+        attributes["http.response.status_code"] = status
+    return attributes

@@ -168,8 +168,10 @@ class UpstreamClient:
         translator: StreamTranslator | None,
         stream: bool,
         deadline: float,
+        trace_headers: bytes = b"",
     ) -> JsonAnswer | StreamAnswer:
-        """One attempt, up to an answer safe to commit to; raises AttemptFailed. It waits
+        """One attempt, up to an answer safe to commit to; raises AttemptFailed; sent with
+        `trace_headers` (header lines) when the request is traced. It waits
         no longer than the upstream's own timeouts allow, nor past `deadline` (event-loop
         time: the end of the whole call's budget). A StreamAnswer owns its open response,
         and the rest of its stream is no longer bound by the deadline (`idle` and `total`
@@ -179,7 +181,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout_at(deadline):
                 ends_at = loop.time() + endpoint.total
-                response = await self._post(endpoint, body, request_id, ends_at)
+                response = await self._post(endpoint, body, request_id, trace_headers, ends_at)
                 try:
                     if response.status >= 300:
                         raise await _failed_status(response)
@@ -206,13 +208,18 @@ class UpstreamClient:
             ) from None
 
     async def _post(
-        self, endpoint: _Endpoint, body: bytes, request_id: str, ends_at: float
+        self,
+        endpoint: _Endpoint,
+        body: bytes,
+        request_id: str,
+        trace_headers: bytes,
+        ends_at: float,
     ) -> Response:
         try:
             async with asyncio.timeout(endpoint.first_byte):
                 return await self._connections.post(
                     endpoint.origin,
-                    b"x-request-id: %s\r\n" % request_id.encode(),
+                    b"x-request-id: %s\r\n%s" % (request_id.encode(), trace_headers),
                     body,
                     connect_timeout=endpoint.connect,
                     idle_timeout=endpoint.idle,

@@ -71,6 +71,7 @@ def test_report_has_the_documented_keys_and_verdicts() -> None:
     speed = {"upstream": (40000, 0.02), "nginx": (15000, 0.07), "gateway": (5000, 0.25)}
     speed["gateway-redis"] = (4500, 0.28)
     speed["gateway-redis-cap"] = (4400, 0.28)
+    speed["gateway-redis-trace"] = (3600, 0.3)
     runs = {
         proxy: {
             case.name: [
@@ -100,6 +101,7 @@ def test_report_has_the_documented_keys_and_verdicts() -> None:
         "redis_stage_p50": True,  # 0.03 ms
         "redis_stage_rps_loss": False,  # 10%
         "capacity_rps_loss": True,  # 2.2%
+        "tracing_rps_loss": True,  # 20%
     }
     assert targets["json_rps_c64"]["per_cpu_second"] == 4500
     report = {

@@ -1,6 +1,6 @@
 """What a reload cannot apply is named, field by field (and no value is quoted: a Redis URL
 may hold a password): `server.*`, `auth_failures.*`, the rate limiter's connection
-settings, the set of upstreams and an upstream's address and pool size. Everything else a
+settings, `tracing.*`, the set of upstreams and an upstream's address and pool size. Everything else a
 configuration says (teams, keys, models, policies, limits, retries, health, an upstream's
 timeouts, dialect and pool timeout) reloads."""
 
@@ -53,6 +53,10 @@ NEEDS_A_RESTART: dict[str, tuple[Change, str]] = {
     "auth failures": (
         set_in("auth_failures", "max_failures", value=3),
         "auth_failures.max_failures",
+    ),
+    "tracing": (
+        set_in("tracing", "endpoint", value="http://127.0.0.1:4318"),
+        "tracing.endpoint",
     ),
     "new upstream": (add_upstream, "upstreams.another"),
     "removed upstream": (remove_upstream, "upstreams.fake-openai"),
