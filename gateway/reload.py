@@ -36,13 +36,13 @@ the audit trail; the key expiry log (an expiry is logged once per process).
 **What needs a restart** (`restart_needed`): settings read once, by those surviving parts
 or by the process itself: every `server.*` setting (the listener and its limits, logs, the
 audit path); `rate_limits.redis_url`, `redis_timeout_ms`, `redis_retry_interval_s`,
-`key_prefix`, `warn_interval_s`, `slices` and `slice_ttl_ms`; every `auth_failures.*`
-and `tracing.*` setting (the exporter and its thread live with the process); the set of upstreams (adding or removing one); an upstream's `base_url`,
-`max_connections` (its pool and its health are its address's) and `max_in_flight` (the
-capacity its calls hold and wait for). A file that changes any
-of them is refused whole, with result `restart_required` and one line naming each such
-field; the configuration in force stays. Nothing is applied in part, and nothing is
-ignored silently.
+`key_prefix`, `warn_interval_s`, `slices` and `slice_ttl_ms`; every `auth_failures.*` and
+`tracing.*` setting (the exporter and its thread live with the process); the set of
+upstreams (adding or removing one); an upstream's `base_url`, `max_connections` (its pool
+and its health are its address's) and `max_in_flight` (the capacity its calls hold and
+wait for). A file that changes any of them is refused whole, with result
+`restart_required` and one line naming each such field; the configuration in force stays.
+Nothing is applied in part, and nothing is ignored silently.
 
 **How.** The file and the policy files are read, validated (the checks and messages of
 `check-config`), compared with the configuration in force and built into a new generation
