@@ -1,8 +1,8 @@
 """What a reload cannot apply is named, field by field (and no value is quoted: a Redis URL
 may hold a password): `server.*`, `auth_failures.*`, the rate limiter's connection
 settings, the set of upstreams and an upstream's address and pool size. Everything else a
-configuration says (teams, keys, models, policies, limits, retries, health, an upstream's
-timeouts, dialect and pool timeout) reloads."""
+configuration says (teams, keys, models and their prices, policies, limits, retries, health,
+an upstream's timeouts, dialect and pool timeout) reloads."""
 
 from __future__ import annotations
 
@@ -92,6 +92,9 @@ RELOADS: dict[str, Change] = {
     "limits": set_in("teams", "team-a", "limits", value={"requests_per_minute": 5}),
     "a model's upstream name": set_in(
         "models", MODEL, "upstreams", value=[{"upstream": "fake", "model": "other"}]
+    ),
+    "a model's price": set_in(
+        "models", MODEL, "price", value={"input_per_million": 1, "output_per_million": 2}
     ),
     "a policy": set_in("policies", "p", value={"caps": {"n": {"limit": 1}}}),
     "retries": set_in("retries", "max_attempts", value=1),
