@@ -154,9 +154,9 @@ def summary(report: UsageReport) -> str:
     """What the table and CSV leave out, for stderr: the lines counted and skipped."""
     lines = report.lines
     text = (
-        f"{lines.counted} audit lines counted, {lines.outside_window} outside "
-        f"--since/--until; {lines.skipped} lines skipped ({lines.other_events} other events, "
-        f"{lines.unreadable} unreadable: not JSON, cut short or missing a field); latency "
-        f"quantiles within {RELATIVE_ERROR:.0%}"
+        f"audit lines counted: {lines.counted}, outside --since/--until: "
+        f"{lines.outside_window}; lines skipped: {lines.skipped} (other events: "
+        f"{lines.other_events}, unreadable: {lines.unreadable}, i.e. not JSON, cut short or "
+        f"missing a field); latency quantiles within {RELATIVE_ERROR:.0%}"
     )
     return "\n".join([text, *(f"incomplete: {problem}" for problem in report.problems)])

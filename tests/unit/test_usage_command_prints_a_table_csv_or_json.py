@@ -78,8 +78,8 @@ def usage(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 
 SUMMARY = (
-    "4 audit lines counted, 1 outside --since/--until; 2 lines skipped (1 other events, "
-    "1 unreadable: not JSON, cut short or missing a field); latency quantiles within 1%\n"
+    "audit lines counted: 4, outside --since/--until: 1; lines skipped: 2 (other events: 1, "
+    "unreadable: 1, i.e. not JSON, cut short or missing a field); latency quantiles within 1%\n"
 )
 
 
