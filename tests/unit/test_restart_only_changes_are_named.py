@@ -1,8 +1,8 @@
 """What a reload cannot apply is named, field by field (and no value is quoted: a Redis URL
 may hold a password): `server.*`, `auth_failures.*`, the rate limiter's connection
 settings, the set of upstreams and an upstream's address and pool size. Everything else a
-configuration says (teams, keys, models and their prices, policies, limits, retries, health,
-an upstream's timeouts, dialect and pool timeout) reloads."""
+configuration says (teams, keys, models, policies, limits, retries, health, an upstream's
+timeouts, dialect and pool timeout) reloads."""
 
 from __future__ import annotations
 
