@@ -1,4 +1,5 @@
-"""`llm-gateway` command line: serve | reload | check-config | hash-key | fake-upstream | demo."""
+"""`llm-gateway` command line: serve | reload | check-config | hash-key | usage | fake-upstream |
+demo."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from gateway.app import build_app
 from gateway.config import ConfigError, ConfigFile, GatewayConfig, TeamKey, read_config_file
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
+from gateway.usage import render
+from gateway.usage.audit_files import AuditFileError, check_readable
+from gateway.usage.report import GROUPINGS, NoSecretsNeeded, UsageReport, Window, moment, prices_of
 
 # Package data (gateway/data/), so that `demo` works from an installed wheel as from a
 # checkout: in the repository these are symlinks to examples/ and policies/.
@@ -71,6 +75,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the last day (2025-03-31, UTC) or moment (2025-03-31T12:00:00Z) the key works",
     )
 
+    usage = commands.add_parser(
+        "usage", help="what each team or model used (and cost), from audit files"
+    )
+    usage.add_argument(
+        "--audit",
+        required=True,
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="audit files (server.audit_path and its rotations, gzip/bzip2/xz too), any order",
+    )
+    usage.add_argument(
+        "--since",
+        type=_moment,
+        metavar="TIME",
+        help="the first moment counted (ISO 8601: 2025-03-01 or 2025-03-01T12:00:00Z; UTC "
+        "unless it says otherwise)",
+    )
+    usage.add_argument(
+        "--until", type=_moment, metavar="TIME", help="the first moment no longer counted"
+    )
+    usage.add_argument(
+        "--by",
+        choices=list(GROUPINGS),
+        default="team",
+        metavar="|".join(GROUPINGS),
+        help="one row per team (the default), model, or both",
+    )
+    usage.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="default: table"
+    )
+    usage.add_argument(
+        "--config",
+        type=Path,
+        help="the gateway's configuration, for models.<name>.price (no upstream key needed); "
+        "without it, no cost column",
+    )
+
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=DEMO_FAKE_PORT)
@@ -93,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": _reload,
         "check-config": _check_config,
         "hash-key": _hash_key,
+        "usage": _usage,
         "fake-upstream": _fake_upstream,
         "demo": _demo,
     }
@@ -104,9 +147,9 @@ def _load_or_explain(path: Path) -> GatewayConfig | None:
     return None if source is None else source.config
 
 
-def _read_or_explain(path: Path) -> ConfigFile | None:
+def _read_or_explain(path: Path, environ: Mapping[str, str] | None = None) -> ConfigFile | None:
     try:
-        return read_config_file(path)
+        return read_config_file(path, environ)
     except ConfigError as error:
         print(f"{path}: invalid configuration", file=sys.stderr)
         for problem in error.problems:
@@ -154,6 +197,46 @@ def _hash_key(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return moment(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected an ISO 8601 date or time, e.g. 2025-03-01 or 2025-03-01T12:00:00Z"
+        ) from None
+
+
+def _usage(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        print("llm-gateway usage: --until must be later than --since", file=sys.stderr)
+        return 2
+    prices = None
+    if args.config is not None:
+        source = _read_or_explain(args.config, NoSecretsNeeded())
+        if source is None:
+            return 2
+        prices = prices_of(source.config)
+    files: dict[tuple[int, int], Path] = {}
+    try:  # every file before any is read: a typo in the last one costs no wait
+        for path in args.audit:
+            first = files.setdefault(check_readable(path), path)
+            if first is not path:
+                print(f"llm-gateway usage: {path} is {first}; read once", file=sys.stderr)
+    except AuditFileError as error:
+        print(f"llm-gateway usage: --audit {error}", file=sys.stderr)
+        return 2
+    report = UsageReport(GROUPINGS[args.by], Window(args.since, args.until))
+    for path in files.values():
+        report.read(path)
+    show = {"table": render.as_table, "csv": render.as_csv, "json": render.as_json}
+    sys.stdout.write(show[args.format](report, prices))
+    sys.stdout.flush()  # the report before the summary, when both go to one terminal
+    if args.format != "json":
+        print(render.summary(report), file=sys.stderr)
+    # An incomplete report (a compressed file cut short) is printed, and said to be.
+    return 1 if report.problems else 0
 
 
 def _workers(text: str) -> int:

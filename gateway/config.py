@@ -196,6 +196,16 @@ class ModelUpstream(BaseModel):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
+class ModelPrice(BaseModel):
+    """What a model's tokens cost, per million, in the operator's currency (USD in the
+    examples): read only by `llm-gateway usage`, never on the request path."""
+
+    model_config = _FROZEN
+
+    input_per_million: Annotated[float, Field(ge=0, allow_inf_nan=False)]  # prompt tokens
+    output_per_million: Annotated[float, Field(ge=0, allow_inf_nan=False)]  # completion tokens
+
+
 class ModelConfig(BaseModel):
     model_config = _FROZEN
 
@@ -206,6 +216,9 @@ class ModelConfig(BaseModel):
     # Parameters this model's upstreams cannot honour that may be dropped instead of
     # refused with 400; a dropped parameter is named in `x-gateway-dropped-params`.
     drop_params: list[str] = []
+    # What its tokens cost, for the cost column of `llm-gateway usage`; absent: the report
+    # shows no cost for the model (null, not 0).
+    price: ModelPrice | None = None
 
 
 class TeamLimits(BaseModel):

@@ -154,6 +154,14 @@ class Exchange:
             return "client_aborted"
         return self.relayed.end
 
+    @property
+    def error_code(self) -> str | None:
+        """The `code` of the OpenAI error body the request was answered with: None for an
+        answer that is not an error, and for a client that left before any answer."""
+        if self.aborted or self.error is None:
+            return None
+        return self.error.code
+
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
 

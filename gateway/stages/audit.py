@@ -1,6 +1,6 @@
 """The audit trail, written on the way out: one record per API request, whatever happened
 to it (refused, blocked, failed, aborted or answered), for compliance reviews. It names who
-asked what of which model and upstream, the outcome, the tokens, the policies and
+asked what of which model and upstream, the outcome and error code, the tokens, the policies and
 compliance regime applied and the safety verdicts; for a refused authentication, why, the
 client address and the presented key's fingerprint. It never holds message content or keys.
 
@@ -24,6 +24,7 @@ class Audit(Stage):
         self._log.info(
             "audit",
             **exchange.summary(),
+            error_code=exchange.error_code,
             method=exchange.http.method,
             attempts=exchange.call.attempts,
             policies=[] if exchange.team is None else list(exchange.team.policy.names),

@@ -150,6 +150,38 @@ def test_every_schema_problem_is_reported_at_once() -> None:
     assert paths == ["server.prot", "teams.team-b.key_hashes[0]"]
 
 
+def test_a_model_price_is_optional_and_read_per_million_tokens() -> None:
+    raw = raw_config()
+    raw["models"][MODEL]["price"] = {"input_per_million": 0.15, "output_per_million": 0}
+
+    config = make_config(raw)
+
+    price = config.models[MODEL].price
+    assert price is not None
+    assert (price.input_per_million, price.output_per_million) == (0.15, 0.0)
+    assert config.models[OPENAI_MODEL].price is None
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        {"input_per_million": -0.01, "output_per_million": 1},
+        {"input_per_million": float("inf"), "output_per_million": 1},
+        {"input_per_million": 1},
+    ],
+)
+def test_a_negative_infinite_or_half_given_price_is_refused_with_its_path(
+    price: dict[str, float],
+) -> None:
+    raw = raw_config()
+    raw["models"][MODEL]["price"] = price
+
+    [problem] = problems_of(raw)
+
+    field = "output" if len(price) == 1 else "input"
+    assert problem.startswith(f"models.{MODEL}.price.{field}_per_million: ")
+
+
 # --- cross-reference errors name the field path ---------------------------------------
 
 

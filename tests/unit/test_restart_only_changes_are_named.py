@@ -97,6 +97,9 @@ RELOADS: dict[str, Change] = {
     "a model's upstream name": set_in(
         "models", MODEL, "upstreams", value=[{"upstream": "fake", "model": "other"}]
     ),
+    "a model's price": set_in(
+        "models", MODEL, "price", value={"input_per_million": 1, "output_per_million": 2}
+    ),
     "a policy": set_in("policies", "p", value={"caps": {"n": {"limit": 1}}}),
     "retries": set_in("retries", "max_attempts", value=1),
     "health": set_in("health", "consecutive_failures", value=2),
