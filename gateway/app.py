@@ -33,6 +33,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import handlers
 from gateway.appkeys import (
+    AUDIT_TRAIL,
     CONFIG,
     EXCHANGE,
     HEALTH,
@@ -61,19 +62,14 @@ from gateway.errors import (
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
-from gateway.observability.logs import (
-    JsonLines,
-    LineLog,
-    make_access_log,
-    make_audit_logger,
-    make_logger,
-    where_it_failed,
-)
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import LineLog, make_access_log, make_logger, where_it_failed
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
 from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
 from gateway.reload import Paths, PathsHolder, Reloader, SharedParts
 from gateway.stages.audit import Audit
+from gateway.stages.audit_gate import AuditGate
 from gateway.stages.auth import Authenticator
 from gateway.stages.context_length import ContextLength
 from gateway.stages.metrics import Metrics
@@ -96,7 +92,6 @@ from gateway.upstream.http1 import Connections
 from gateway.upstream.retry import RetryBudget
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_AUDIT_LOG = web.AppKey("audit_log", JsonLines)
 _ACCESS_LOG = web.AppKey("access_log", LineLog)
 _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 # Names the worker process that answered, when several serve the port (supervisor.py).
@@ -135,8 +130,9 @@ def build_app(
         app[LOG] = app[LOG].bind(worker=worker)
         app.on_response_prepare.append(functools.partial(_worker_header, worker))
     app[_ACCESS_LOG] = make_access_log(config.server, app[LOG], log_stream, worker)
-    app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
+    app[AUDIT_TRAIL] = AuditTrail(config.audit, app[METRICS], app[LOG], log_stream)
+    app.on_cleanup.append(_close_audit_trail)
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIVE_STREAMS] = LiveStreams()
     app[LIMITER] = limiter or _limiter_backend(config)
@@ -194,6 +190,9 @@ def build_paths(
     router = Router(config)
     safety = SafetyModel(router, caller, shared.metrics)
     audit, metrics = Audit(shared.audit_log), Metrics(shared.metrics)
+    # After the policy stage, which decides whether the request is under HIPAA; before
+    # the rate limiter charges it and anything is sent upstream.
+    audit_gate = AuditGate(shared.audit_log, config.audit.on_failure)
     chat: list[Stage] = [
         audit,
         metrics,
@@ -201,6 +200,7 @@ def build_paths(
         Validator(config.server.max_body_bytes),
         router,
         PolicyStage(config),
+        audit_gate,
         ContextLength(),
         Translator(),
         RateLimitStage(
@@ -216,8 +216,8 @@ def build_paths(
         config=config,
         sha256=sha256,
         chat=Pipeline(chat, shared.log),
-        model_list=Pipeline([audit, metrics, auth, ModelList(router)], shared.log),
-        model_info=Pipeline([audit, metrics, auth, ModelInfo(router)], shared.log),
+        model_list=Pipeline([audit, metrics, auth, audit_gate, ModelList(router)], shared.log),
+        model_info=Pipeline([audit, metrics, auth, audit_gate, ModelInfo(router)], shared.log),
         keys=tuple(keys),
     )
 
@@ -251,6 +251,10 @@ async def _background_work(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].close()
 
 
+async def _close_audit_trail(app: web.Application) -> None:
+    app[AUDIT_TRAIL].close()
+
+
 async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
     await app[_AUTH_FAILURES].warm_up()
     yield
@@ -262,7 +266,7 @@ async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
     connections = Connections()
     shared = app[SHARED] = SharedParts(
         log=app[LOG],
-        audit_log=app[_AUDIT_LOG],
+        audit_log=app[AUDIT_TRAIL],
         metrics=app[METRICS],
         tasks=app[TASKS],
         live_streams=app[LIVE_STREAMS],
