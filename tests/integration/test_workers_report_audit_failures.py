@@ -25,12 +25,13 @@ async def by_worker(gateway: GatewayProcess, name: str) -> dict[str, float]:
     """One scrape: `name`'s samples summed by worker."""
     async with fresh_connections() as session, session.get(f"{gateway.url}/metrics") as resp:
         text = await resp.text()
-    summed: Counter[str] = Counter()
+    summed: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
-                summed[sample.labels["worker"]] += sample.value
-    return dict(summed)
+                worker = sample.labels["worker"]
+                summed[worker] = summed.get(worker, 0.0) + sample.value
+    return summed
 
 
 async def test_a_scrape_reports_each_workers_lost_lines(
