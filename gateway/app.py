@@ -34,6 +34,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import handlers
 from gateway.appkeys import (
+    AUDIT_TRAIL,
     CONFIG,
     EXCHANGE,
     HEALTH,
@@ -62,20 +63,15 @@ from gateway.errors import (
 from gateway.limiter.base import LimiterBackend
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
-from gateway.observability.logs import (
-    JsonLines,
-    LineLog,
-    make_access_log,
-    make_audit_logger,
-    make_logger,
-    where_it_failed,
-)
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import LineLog, make_access_log, make_logger, where_it_failed
 from gateway.observability.metrics import GatewayMetrics, UpstreamHealthCollector
 from gateway.openapi import handler as openapi_handler
 from gateway.pipeline import Exchange, Pipeline, Stage, error_response
 from gateway.reload import Paths, PathsHolder, Reloader, SharedParts
 from gateway.routing import SpanValue
 from gateway.stages.audit import Audit
+from gateway.stages.audit_gate import AuditGate
 from gateway.stages.auth import Authenticator
 from gateway.stages.context_length import ContextLength
 from gateway.stages.metrics import Metrics
@@ -102,7 +98,6 @@ if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_AUDIT_LOG = web.AppKey("audit_log", JsonLines)
 _ACCESS_LOG = web.AppKey("access_log", LineLog)
 _AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLimit)
 _TRACING: web.AppKey[Tracing] = web.AppKey("tracing")  # only when tracing is configured
@@ -144,8 +139,9 @@ def build_app(
         app[LOG] = app[LOG].bind(worker=worker)
         app.on_response_prepare.append(functools.partial(_worker_header, worker))
     app[_ACCESS_LOG] = make_access_log(config.server, app[LOG], log_stream, worker)
-    app[_AUDIT_LOG] = make_audit_logger(config.server, log_stream)
     app[METRICS] = GatewayMetrics()
+    app[AUDIT_TRAIL] = AuditTrail(config.audit, app[METRICS], app[LOG], log_stream)
+    app.on_cleanup.append(_close_audit_trail)
     app[TASKS] = BackgroundTasks(app[LOG])
     app[LIVE_STREAMS] = LiveStreams()
     app[LIMITER] = limiter or _limiter_backend(config)
@@ -204,6 +200,9 @@ def build_paths(
     router = Router(config)
     safety = SafetyModel(router, caller, shared.metrics)
     audit, metrics = Audit(shared.audit_log), Metrics(shared.metrics)
+    # After the policy stage, which decides whether the request is under HIPAA; before
+    # the rate limiter charges it and anything is sent upstream.
+    audit_gate = AuditGate(shared.audit_log, config.audit.on_failure)
     tracing = shared.tracing
 
     def trace(route: str, operation: str | None = None) -> list[Stage]:
@@ -220,6 +219,7 @@ def build_paths(
         Validator(config.server.max_body_bytes),
         router,
         PolicyStage(config),
+        audit_gate,
         ContextLength(),
         Translator(),
         traced(
@@ -239,10 +239,12 @@ def build_paths(
         sha256=sha256,
         chat=Pipeline(chat, shared.log),
         model_list=Pipeline(
-            [audit, metrics, *trace("/v1/models"), auth, ModelList(router)], shared.log
+            [audit, metrics, *trace("/v1/models"), auth, audit_gate, ModelList(router)],
+            shared.log,
         ),
         model_info=Pipeline(
-            [audit, metrics, *trace("/v1/models/{model}"), auth, ModelInfo(router)], shared.log
+            [audit, metrics, *trace("/v1/models/{model}"), auth, audit_gate, ModelInfo(router)],
+            shared.log,
         ),
         keys=tuple(keys),
     )
@@ -286,6 +288,10 @@ async def _background_work(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].close()
 
 
+async def _close_audit_trail(app: web.Application) -> None:
+    app[AUDIT_TRAIL].close()
+
+
 async def _auth_failure_counter(app: web.Application) -> AsyncIterator[None]:
     await app[_AUTH_FAILURES].warm_up()
     yield
@@ -313,7 +319,7 @@ async def _upstream_connections(app: web.Application) -> AsyncIterator[None]:
     connections = Connections()
     shared = app[SHARED] = SharedParts(
         log=app[LOG],
-        audit_log=app[_AUDIT_LOG],
+        audit_log=app[AUDIT_TRAIL],
         metrics=app[METRICS],
         tasks=app[TASKS],
         live_streams=app[LIVE_STREAMS],

@@ -8,6 +8,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.config import GatewayConfig
 from gateway.limiter.base import LimiterBackend
+from gateway.observability.audit_trail import AuditTrail
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import Exchange
 from gateway.reload import PATHS as PATHS
@@ -23,6 +24,8 @@ from gateway.upstream.retry import RetryBudget
 CONFIG = web.AppKey("config", GatewayConfig)
 LOG = web.AppKey("log", FilteringBoundLogger)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+# The audit lines' writer (SIGUSR1 reopens its file).
+AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 TASKS = web.AppKey("tasks", BackgroundTasks)
 LIMITER = web.AppKey("limiter", LimiterBackend)
 HEALTH = web.AppKey("health", HealthBook)

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         type=Path,
         metavar="FILE",
-        help="audit files (server.audit_path and its rotations, gzip/bzip2/xz too), any order",
+        help="audit files (audit.path and its rotations, gzip/bzip2/xz too), any order",
     )
     usage.add_argument(
         "--since",

@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gateway.dialects.base import CONTRACT_PARAMETERS
@@ -83,9 +84,6 @@ class ServerConfig(BaseModel):
     max_upstream_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "json"
-    # Where audit lines go (one JSON line per request, whatever log_level says); without
-    # it, to the log stream.
-    audit_path: str | None = None
     # Seconds that in-flight requests get to finish on shutdown.
     shutdown_timeout: Seconds = 30.0
     # A connection whose request headers are not complete this long after it opened (or
@@ -102,6 +100,34 @@ class ServerConfig(BaseModel):
     # Lowered at start-up (with a warning) when the open-files limit cannot hold it next to
     # the upstream connection pools.
     max_connections: Annotated[int, Field(ge=1)] = 4096
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audit_path_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "audit_path" in data:
+            raise ValueError("audit_path has moved to audit.path (the `audit:` section)")
+        return data
+
+
+class AuditConfig(BaseModel):
+    """The audit trail: one JSON line per API request (see `stages.audit`), and what the
+    gateway does when it cannot write one (see `observability.audit_trail`)."""
+
+    model_config = _FROZEN
+
+    # The file audit lines are appended to (created if missing; its directory must exist:
+    # the gateway does not start otherwise). Absent: the log stream, whatever log_level
+    # says. Restart only. SIGUSR1 makes the gateway open the path again (logrotate).
+    path: str | None = None
+    # While audit lines cannot be written to `path` (disk full, file removed and not
+    # creatable, permission): "continue" serves requests and counts the lines lost
+    # (llm_gateway_audit_write_failures_total); "refuse" answers API requests 503
+    # `audit_unavailable` before any upstream or safety-model call, until a line is
+    # written again (the refused requests' own lines are the probes). Requests under
+    # HIPAA are refused either way: the HIPAA policy promises that every request is
+    # audited, as it promises a BAA-covered upstream. "refuse" is for deployments whose
+    # compliance requires every request audited (HIPAA-only gateways). Reloads.
+    on_failure: Literal["continue", "refuse"] = "continue"
 
 
 class UpstreamTimeouts(BaseModel):
@@ -493,6 +519,7 @@ class GatewayConfig(BaseModel):
     model_config = _FROZEN
 
     server: ServerConfig = ServerConfig()
+    audit: AuditConfig = AuditConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     auth_failures: AuthFailureConfig = AuthFailureConfig()
     retries: RetryConfig = RetryConfig()

@@ -168,6 +168,15 @@ class ModelOverloaded(GatewayError):
     default_code = "model_overloaded"
 
 
+class AuditUnavailable(GatewayError):
+    """The audit trail cannot be written and the request may not be served unaudited
+    (`audit.on_failure: refuse`, or a request under HIPAA)."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+    default_code = "audit_unavailable"
+
+
 class TooManyConnections(GatewayError):
     """The process holds as many client connections as it may (`server.max_connections`)."""
 

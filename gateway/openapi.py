@@ -152,10 +152,15 @@ _CHAT_ERRORS = {
     "413": "The request body is larger than the gateway accepts (`request_too_large`).",
     "429": "Over a rate limit (`rate_limit_exceeded`), the upstream's (`upstream_rate_limited`) "
     "or too many failed authentications from this address (`too_many_auth_failures`).",
-    "503": "No upstream could answer, or the rate limiter or safety model is unavailable.",
+    "503": "No upstream could answer, the rate limiter or safety model is unavailable, or "
+    "the audit trail cannot be written (`audit_unavailable`).",
     "504": "The upstream did not answer in time (`upstream_timeout`).",
 }
-_AUTH_ERRORS = {key: _CHAT_ERRORS[key] for key in ("401", "429")}
+# What every API request may get, whatever its endpoint.
+_AUTH_ERRORS = {
+    **{key: _CHAT_ERRORS[key] for key in ("401", "429")},
+    "503": "The audit trail cannot be written (`audit_unavailable`).",
+}
 
 
 def openapi_document() -> dict[str, Any]:

@@ -81,7 +81,8 @@ from structlog.typing import FilteringBoundLogger
 from gateway.auth_failures import AuthFailureLimit
 from gateway.config import ConfigError, ConfigFile, GatewayConfig, read_config_file
 from gateway.limiter.base import LimiterBackend
-from gateway.observability.logs import JsonLines, where_it_failed
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import where_it_failed
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.stages.ratelimit import Settlements
@@ -117,6 +118,8 @@ _RESTART_ONLY_RATE_LIMITS = (
     "slices",
     "slice_ttl_ms",
 )
+# The audit file is opened once (and again on SIGUSR1); `audit.on_failure` reloads.
+_RESTART_ONLY_AUDIT = ("path",)
 # An upstream's address and pool size: its pool, its health and the process's open-files
 # budget are sized for them.
 _RESTART_ONLY_UPSTREAM = ("base_url", "max_connections", "max_in_flight")
@@ -128,7 +131,7 @@ class SharedParts:
     module docstring). Made at start-up, once the event loop runs (the connections need it)."""
 
     log: FilteringBoundLogger
-    audit_log: JsonLines
+    audit_log: AuditTrail
     metrics: GatewayMetrics
     tasks: BackgroundTasks
     live_streams: LiveStreams
@@ -341,6 +344,9 @@ def restart_needed(running: GatewayConfig, new: GatewayConfig) -> list[str]:
     for name in _RESTART_ONLY_RATE_LIMITS:
         if getattr(running.rate_limits, name) != getattr(new.rate_limits, name):
             problems.append(f"rate_limits.{name}: {why}")
+    for name in _RESTART_ONLY_AUDIT:
+        if getattr(running.audit, name) != getattr(new.audit, name):
+            problems.append(f"audit.{name}: {why}")
     for upstream in sorted(set(new.upstreams) - set(running.upstreams)):
         problems.append(f"upstreams.{upstream}: added; upstreams are added only with a restart")
     for upstream in sorted(set(running.upstreams) - set(new.upstreams)):

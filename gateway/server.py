@@ -9,9 +9,11 @@ Owns what belongs to the process rather than to a connection:
   in-flight requests finish within `server.shutdown_timeout`, end the streams still
   running then with an error event that says so (see `stages.relay.LiveStreams`), and
   exit; SIGHUP reloads the configuration (see `reload`: in this process, so that each
-  worker of a supervisor that forwards the signal reloads itself); SIGUSR1, SIGUSR2 and the
-  other signals whose default action would end the process are logged and otherwise
-  ignored, so that no stream is cut and no audit line lost.
+  worker of a supervisor that forwards the signal reloads itself); SIGUSR1 opens the audit
+  file again (logrotate's `postrotate`, see `observability.audit_trail`; each worker of a
+  supervisor that forwards it reopens its own); SIGUSR2 and the other signals whose
+  default action would end the process are logged and otherwise ignored, so that no
+  stream is cut and no audit line lost.
 
 With `serve --workers N` (supervisor.py) every worker process runs `serve()` on its own
 event loop with its listening socket bound with SO_REUSEPORT, so the limits above (open
@@ -28,15 +30,18 @@ from collections.abc import Callable
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
-from gateway.appkeys import CONFIG, LIVE_STREAMS, LOG, METRICS
+from gateway.appkeys import AUDIT_TRAIL, CONFIG, LIVE_STREAMS, LOG, METRICS
 from gateway.connections import RESERVED_FDS, ConnectionGuard, GatewayRunner
 from gateway.reload import request_reload
 
 # Signals that drain in-flight requests and end the process. The signals below would end
-# it at once by default, cutting streams and losing
-# their audit lines; they are logged and ignored. Faults (SIGSEGV, SIGABRT, ...), resource
-# limits (SIGXCPU, SIGXFSZ) and SIGKILL keep their default.
+# it at once by default, cutting streams and losing their audit lines; they are logged and
+# ignored (SIGUSR1, which would be one of them, reopens the audit file instead). Faults
+# (SIGSEGV, SIGABRT, ...), resource limits (SIGXCPU, SIGXFSZ) and SIGKILL keep their
+# default.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# logrotate's signal, by the convention of nginx and most daemons: open the log file again.
+REOPEN_SIGNAL = signal.SIGUSR1
 # Connections the kernel may hold completed but not yet accepted. aiohttp's default (128)
 # overflows under a burst of connects: the kernel then drops handshakes, and clients wait
 # seconds for retransmissions before the gateway even sees them (nginx uses 511; Linux caps
@@ -51,7 +56,6 @@ IGNORED_SIGNALS: dict[int, str] = {
     **{
         sig.value: sig.name
         for sig in (
-            signal.SIGUSR1,
             signal.SIGUSR2,
             signal.SIGALRM,
             signal.SIGVTALRM,
@@ -156,6 +160,8 @@ async def _serve(
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, request_reload, app, "SIGHUP")
+    # On the loop, between two lines: the file is swapped with no line half-written.
+    loop.add_signal_handler(REOPEN_SIGNAL, app[AUDIT_TRAIL].reopen)
     for number, name in IGNORED_SIGNALS.items():
         loop.add_signal_handler(number, _ignored, name, log)
 

@@ -22,8 +22,9 @@ Owns the parent and what it decides:
   if every one exited 0 (a worker still running `server.shutdown_timeout` + 11 s later is
   killed, exit code 1). SIGHUP is forwarded to every worker, which reloads as a single
   process does, and the parent reads the file again for the workers it starts later (a
-  replacement serves the reloaded configuration, not the first one). The signals a single
-  process logs and ignores are logged and ignored by the parent too. The parent takes its
+  replacement serves the reloaded configuration, not the first one). SIGUSR1 is forwarded
+  to every worker, each of which opens the audit file again (logrotate). The signals a
+  single process logs and ignores are logged and ignored by the parent too. The parent takes its
   signals synchronously (blocked, and read with sigtimedwait), so a signal can never
   interrupt it half-way through a fork or a bookkeeping step; a worker keeps them blocked
   until it listens, so that one sent while it starts waits for its handlers instead of
@@ -105,7 +106,13 @@ _PR_SET_PDEATHSIG = 1
 
 # What the parent waits for; blocked, so that only sigtimedwait takes them.
 WATCHED: frozenset[int] = frozenset(
-    {signal.SIGCHLD, signal.SIGHUP, *server.STOP_SIGNALS, *server.IGNORED_SIGNALS}
+    {
+        signal.SIGCHLD,
+        signal.SIGHUP,
+        server.REOPEN_SIGNAL,
+        *server.STOP_SIGNALS,
+        *server.IGNORED_SIGNALS,
+    }
 )
 
 
@@ -299,6 +306,8 @@ class Supervisor:
                 elif info.si_signo == signal.SIGHUP:
                     self._forward(signal.SIGHUP)
                     self._reread()
+                elif info.si_signo == server.REOPEN_SIGNAL:
+                    self._forward(server.REOPEN_SIGNAL)
                 else:
                     self.log.warning("signal_ignored", signal=_name(info.si_signo))
             self.log.info("workers_stopped", exit_code=self.exit_code)

@@ -9,7 +9,8 @@ bash scripts/setup-env.sh
 # haproxy (`haproxy -c` on deploy/haproxy.cfg), kubectl, package kubernetes-client
 # (`kubectl kustomize` renders deploy/kubernetes), and the benchmark's nginx (package
 # nginx-light: `nginx -t` on its configurations, its upstream answers), wrk, and promtool
-# (package prometheus: `promtool test rules` on deploy/prometheus/alerts.yaml).
+# (package prometheus: `promtool test rules` on deploy/prometheus/alerts.yaml), and logrotate
+# (runs deploy/logrotate/llm-gateway against a serving gateway).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
@@ -18,6 +19,7 @@ command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -31,6 +31,7 @@ from gateway.pipeline import Exchange
 from gateway.stages.auth import hash_key
 from gateway.testing.fake_upstream import FakeUpstream
 from gateway.testing.fault_proxy import FaultProxy
+from tests.small_filesystem import SmallFilesystem, small_filesystem_on
 
 TEAM_KEY = "gw-test-team-key-0123456789abcdef"
 OTHER_TEAM_KEY = "gw-test-other-team-key-fedcba9876543210"
@@ -649,3 +650,14 @@ def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# ---------------------------------------------------------------- a small real filesystem
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[SmallFilesystem]:
+    """A 64 KB tmpfs mounted on `tmp_path / "small"` for the test (see
+    tests/small_filesystem.py), unmounted afterwards."""
+    with small_filesystem_on(tmp_path / "small") as filesystem:
+        yield filesystem

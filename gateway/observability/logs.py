@@ -100,13 +100,17 @@ class JsonLines:
         self._write(event, "debug", fields)
 
     def _write(self, event: str, level: str, fields: dict[str, Any]) -> None:
+        self._stream.write(self.encode(event, level, fields).decode() + "\n")
+        self._stream.flush()
+
+    def encode(self, event: str, level: str, fields: dict[str, Any]) -> bytes:
+        """The line's JSON, without its newline."""
         line = {**self._bound, **fields} if self._bound else fields
         line["event"] = event
         if self._with_level:
             line["level"] = level
         line["timestamp"] = self._timestamp()
-        self._stream.write(to_json(line, fallback=str).decode() + "\n")
-        self._stream.flush()
+        return to_json(line, fallback=str)
 
     def _timestamp(self) -> str:
         now = time.time()
@@ -133,11 +137,3 @@ def make_access_log(
         min_level=logging.getLevelNamesMapping()[server.log_level.upper()],
         bound=None if worker is None else {"worker": worker},
     )
-
-
-def make_audit_logger(server: ServerConfig, stream: TextIO | None = None) -> JsonLines:
-    """The audit trail: JSON lines, never filtered by log level, to `server.audit_path` or,
-    without one, to the log stream."""
-    if server.audit_path is not None and stream is None:
-        stream = open(server.audit_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-    return JsonLines(stream or sys.stdout, with_level=False)

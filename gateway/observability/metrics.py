@@ -35,6 +35,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # OpenTelemetry's advice for time to first token.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
 NONE = "none"
+# Why an audit line could not be written (`audit_write_failures_total`'s label).
+AUDIT_FAILURE_REASONS = ("no_space", "permission", "removed", "other")
 
 Labelled = TypeVar("Labelled", Counter, Gauge, Histogram)
 
@@ -200,6 +202,26 @@ class GatewayMetrics:
         # Every result from the start, at 0: an alert on `invalid` sees its first one.
         for result in ("ok", "unchanged", "invalid", "restart_required", "failed"):
             self.config_reloads.labels(result)
+
+        self.audit_write_failures = Counter(
+            f"{PREFIX}_audit_write_failures",
+            "Audit lines that could not be written, by reason: no_space (disk or quota "
+            "full, or the line cut short by it), permission (refused, read-only file "
+            "system), other; and audit files found deleted under the gateway (removed: "
+            "the lines they held are gone; the file is created again).",
+            ["reason"],
+            registry=self.registry,
+        )
+        # Every reason from the start, at 0: an alert on an increase sees the first one.
+        for reason in AUDIT_FAILURE_REASONS:
+            self.audit_write_failures.labels(reason)
+        self.audit_available = Gauge(
+            f"{PREFIX}_audit_available",
+            "1 while the last audit line was written, 0 since one could not be (with "
+            "audit.on_failure: refuse, API requests are answered 503 audit_unavailable).",
+            registry=self.registry,
+        )
+        self.audit_available.set(1)
 
         self.safety_verdicts = Counter(
             f"{PREFIX}_safety_verdicts",

@@ -39,6 +39,7 @@ CHAT_ORDER = [
     "validate",
     "route",
     "policy",
+    "audit_gate",
     "context_length",
     "translate",
     "rate_limit",
@@ -79,11 +80,18 @@ def pipeline_of(gateway: RunningGateway, name: str) -> Pipeline:
 
 def test_the_chat_path_is_the_documented_list_in_order(gateway: RunningGateway) -> None:
     assert pipeline_of(gateway, "chat").names == CHAT_ORDER
-    assert pipeline_of(gateway, "model_list").names == ["audit", "metrics", "auth", "list_models"]
+    assert pipeline_of(gateway, "model_list").names == [
+        "audit",
+        "metrics",
+        "auth",
+        "audit_gate",
+        "list_models",
+    ]
     assert pipeline_of(gateway, "model_info").names == [
         "audit",
         "metrics",
         "auth",
+        "audit_gate",
         "retrieve_model",
     ]
 

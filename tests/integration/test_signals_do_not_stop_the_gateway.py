@@ -1,17 +1,18 @@
-"""SIGHUP (a reload: here of an unchanged file), SIGUSR1, SIGUSR2 and the other signals
-whose default action would end the process do not end it: streams in flight finish with
-`[DONE]`, the process keeps serving, and every request is audited."""
+"""SIGHUP (a reload: here of an unchanged file), SIGUSR1 (the audit file reopened), SIGUSR2
+and the other signals whose default action would end the process do not end it: streams in
+flight finish with `[DONE]`, the process keeps serving, and every request is audited."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
 import aiohttp
 
 from gateway.testing.fake_upstream import Behavior
-from tests.conftest import RunningUpstream, auth, chat_body
+from tests.conftest import RunningUpstream, auth, chat_body, config_dict
 from tests.gateway_process import gateway_process
 
 SIGNALS = {
@@ -27,7 +28,9 @@ async def test_signals_neither_stop_the_gateway_nor_cut_its_streams(
     upstream: RunningUpstream, tmp_path: Path
 ) -> None:
     upstream.state.default = Behavior(delay=0.05)  # ten events: about half a second
-    with gateway_process(tmp_path, upstream.url) as gateway:
+    raw = config_dict(upstream.url)
+    raw["audit"] = {"path": str(tmp_path / "audit.jsonl")}
+    with gateway_process(tmp_path, raw=raw) as gateway:
         async with aiohttp.ClientSession() as session:
 
             async def stream(request_id: str) -> bytes:
@@ -48,13 +51,17 @@ async def test_signals_neither_stop_the_gateway_nor_cut_its_streams(
                 assert all(a.endswith(b"data: [DONE]\n\n") for a in answers), name
                 assert gateway.alive(), f"{name} ended the gateway"
         exit_code = gateway.stop()
-        audited = {r["request_id"] for r in gateway.records("audit")}
+        audit_lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+        audited = {json.loads(line)["request_id"] for line in audit_lines}
+        reopened = gateway.records("audit_reopened")
         reload_lines = gateway.records("config_reload_requested")
         unchanged = gateway.records("config_unchanged")
         ignored = [r["signal"] for r in gateway.records("signal_ignored")]
 
     assert exit_code == 0
     assert audited == {f"signal-{number}-{i}" for number in SIGNALS.values() for i in range(2)}
+    assert len(audit_lines) == len(audited)
+    assert len(reopened) == 1
     assert [r["trigger"] for r in reload_lines] == ["SIGHUP"]
     assert [r["generation"] for r in unchanged] == [1]
-    assert ignored == [name for name in SIGNALS if name != "SIGHUP"]
+    assert ignored == [name for name in SIGNALS if name not in ("SIGHUP", "SIGUSR1")]

@@ -16,7 +16,8 @@ def test_workers_whose_app_cannot_start_end_the_parent_with_exit_code_1(
     tmp_path: Path,
 ) -> None:
     raw = config_dict(NO_UPSTREAM)
-    raw["server"].update(port=free_port(), audit_path=str(tmp_path / "no-such-dir" / "audit"))
+    raw["server"].update(port=free_port())
+    raw["audit"] = {"path": str(tmp_path / "no-such-dir" / "audit")}
     raw["rate_limits"] = {"redis_url": "redis://127.0.0.1:9/0"}  # never reached
     done = serve_workers_once(tmp_path, raw)
 

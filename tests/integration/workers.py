@@ -26,10 +26,15 @@ WORKERS = 2
 
 
 def start_workers(
-    directory: Path, upstream_url: str, redis_url: str, limits: dict[str, int] | None = None
+    directory: Path,
+    upstream_url: str,
+    redis_url: str,
+    limits: dict[str, int] | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> GatewayProcess:
     """`serve --workers 2` with the suite's configuration, its limits in Redis (a deadline
-    that a loaded machine keeps, and any missed one refused rather than admitted)."""
+    that a loaded machine keeps, and any missed one refused rather than admitted), and
+    `audit` as its `audit:` section if given."""
     raw: dict[str, Any] = config_dict(upstream_url, shutdown_timeout=10)
     raw["rate_limits"] = {
         "redis_url": redis_url,
@@ -38,6 +43,8 @@ def start_workers(
     }
     if limits:
         raw["teams"]["team-a"]["limits"] = limits
+    if audit:
+        raw["audit"] = audit
     return start_gateway_process(directory, raw=raw, workers=WORKERS)
 
 

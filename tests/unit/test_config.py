@@ -111,6 +111,23 @@ def test_unknown_field_is_refused_with_its_path() -> None:
     assert problems_of(raw) == ["server.prot: Extra inputs are not permitted"]
 
 
+def test_the_old_audit_path_setting_names_where_it_moved() -> None:
+    raw = raw_config()
+    raw["server"]["audit_path"] = "/var/log/llm-gateway/audit.jsonl"
+
+    assert problems_of(raw) == ["server: audit_path has moved to audit.path (the `audit:` section)"]
+
+
+def test_the_audit_section_defaults_to_the_log_stream_and_continue() -> None:
+    config = make_config(raw_config())
+
+    assert (config.audit.path, config.audit.on_failure) == (None, "continue")
+    raw = raw_config()
+    raw["audit"] = {"on_failure": "stop"}
+    [problem] = problems_of(raw)
+    assert problem.startswith("audit.on_failure: Input should be 'continue' or 'refuse'")
+
+
 def test_missing_environment_variable_names_the_field_and_the_variable() -> None:
     raw = raw_config()
     del raw["upstreams"]["fake-openai"]["api_key_env"]

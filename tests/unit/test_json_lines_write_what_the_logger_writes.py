@@ -9,10 +9,13 @@ import io
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from gateway.config import ServerConfig
-from gateway.observability.logs import JsonLines, make_access_log, make_audit_logger, make_logger
+from gateway.config import AuditConfig, ServerConfig
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import JsonLines, make_access_log, make_logger
+from gateway.observability.metrics import GatewayMetrics
 
 FIELDS: dict[str, Any] = {
     "request_id": "r1",
@@ -65,10 +68,18 @@ def test_the_readable_format_keeps_the_logger() -> None:
     assert make_access_log(server, log, None, None) is log
 
 
-def test_an_audit_record_has_no_level_and_is_never_filtered() -> None:
+def test_an_audit_record_has_no_level_and_is_never_filtered(tmp_path: Path) -> None:
+    """The same record on the log stream (no `audit.path`) and in the audit file, written
+    whatever the log level."""
+    quiet = make_logger(ServerConfig(log_level="error"), io.StringIO())
     stream = io.StringIO()
-    make_audit_logger(ServerConfig(log_level="error"), stream).info("audit", **FIELDS)
+    AuditTrail(AuditConfig(), GatewayMetrics(), quiet, stream).info("audit", **FIELDS)
+    in_file = AuditTrail(AuditConfig(path=str(tmp_path / "audit.jsonl")), GatewayMetrics(), quiet)
+    in_file.info("audit", **FIELDS)
+    in_file.close()
 
     [record] = lines(stream)
-    assert list(record) == [*FIELDS, "event", "timestamp"]
-    assert record["policies"] == ["hipaa"]
+    [from_file] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    for written in (record, from_file):
+        assert list(written) == [*FIELDS, "event", "timestamp"]
+        assert written["policies"] == ["hipaa"]

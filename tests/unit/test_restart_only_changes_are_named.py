@@ -1,8 +1,9 @@
 """What a reload cannot apply is named, field by field (and no value is quoted: a Redis URL
 may hold a password): `server.*`, `auth_failures.*`, the rate limiter's connection
-settings, `tracing.*`, the set of upstreams and an upstream's address and pool size.
-Everything else a configuration says (teams, keys, models, policies, limits, retries,
-health, an upstream's timeouts, dialect and pool timeout) reloads."""
+settings, `tracing.*`, the audit file's path, the set of upstreams and an upstream's
+address and pool size. Everything else a configuration says (teams, keys, models,
+policies, limits, retries, health, an upstream's timeouts, dialect and pool timeout, what
+to do when the audit trail cannot be written) reloads."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def remove_upstream(raw: dict[str, Any]) -> None:
 NEEDS_A_RESTART: dict[str, tuple[Change, str]] = {
     "port": (set_in("server", "port", value=9999), "server.port"),
     "log level": (set_in("server", "log_level", value="warning"), "server.log_level"),
-    "audit path": (set_in("server", "audit_path", value="/tmp/audit.jsonl"), "server.audit_path"),
+    "audit path": (set_in("audit", "path", value="/tmp/audit.jsonl"), "audit.path"),
     "redis url": (
         set_in("rate_limits", "redis_url", value="redis://:s3cret@127.0.0.1:1/0"),
         "rate_limits.redis_url",
@@ -104,6 +105,7 @@ RELOADS: dict[str, Change] = {
     "retries": set_in("retries", "max_attempts", value=1),
     "health": set_in("health", "consecutive_failures", value=2),
     "failure mode": set_in("rate_limits", "failure_mode", value="closed"),
+    "audit on failure": set_in("audit", "on_failure", value="refuse"),
     "timeouts": set_in("upstreams", "fake", "timeouts", value={"first_byte": 1}),
     "pool timeout": set_in("upstreams", "fake", "pool_timeout", value=0.5),
     "dialect": set_in("upstreams", "fake", "dialect", value="vllm"),

@@ -8,9 +8,10 @@ import json
 
 from prometheus_client import generate_latest
 
-from gateway.config import ServerConfig
+from gateway.config import AuditConfig, ServerConfig
 from gateway.errors import RateLimited
-from gateway.observability.logs import make_audit_logger
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import make_logger
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stages.audit import Audit
 from gateway.stages.metrics import Metrics
@@ -20,8 +21,8 @@ from tests.conftest import an_exchange, unit_config
 
 async def test_a_refused_request_is_audited_and_counted_with_what_was_known() -> None:
     stream = io.StringIO()
-    audit = Audit(make_audit_logger(ServerConfig(), stream))
     metrics = GatewayMetrics()
+    audit = Audit(AuditTrail(AuditConfig(), metrics, make_logger(ServerConfig()), stream))
     counting = Metrics(metrics)
     exchange = an_exchange(team=teams_of(unit_config())["team-a"])
 

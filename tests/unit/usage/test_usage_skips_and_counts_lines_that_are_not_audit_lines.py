@@ -9,9 +9,11 @@ import io
 import json
 from pathlib import Path
 
-from gateway.config import ServerConfig
+from gateway.config import AuditConfig, ServerConfig
 from gateway.errors import RateLimited
-from gateway.observability.logs import make_audit_logger
+from gateway.observability.audit_trail import AuditTrail
+from gateway.observability.logs import make_logger
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stages.audit import Audit
 from gateway.teams import teams_of
 from gateway.usage.report import GROUPINGS, UsageReport
@@ -66,7 +68,8 @@ def test_an_empty_file_counts_nothing(tmp_path: Path) -> None:
 
 async def test_the_line_the_audit_stage_writes_is_read(tmp_path: Path) -> None:
     stream = io.StringIO()
-    audit = Audit(make_audit_logger(ServerConfig(), stream))
+    trail = AuditTrail(AuditConfig(), GatewayMetrics(), make_logger(ServerConfig()), stream)
+    audit = Audit(trail)
     refused = an_exchange(team=teams_of(unit_config())["team-a"])
     refused.error = RateLimited("slow down")
     unknown = an_exchange()
