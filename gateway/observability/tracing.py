@@ -18,6 +18,8 @@ held), so a slow or absent collector costs the request path nothing but the queu
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -33,6 +35,8 @@ from gateway.config import TracingConfig
 from gateway.routing import SpanValue, UpstreamTarget
 
 SERVICE_NAME = "llm-gateway"
+# The SDK's own batch size, or the queue's when smaller (the SDK refuses a larger batch).
+_BATCH = 512
 
 
 class Tracing:
@@ -40,6 +44,12 @@ class Tracing:
     the fork: the exporter's thread would not survive one); `close` sends what is left."""
 
     def __init__(self, config: TracingConfig, endpoint: str, worker: str | None) -> None:
+        # The SDK warns through the standard logging, unconfigured here (its last-resort
+        # handler writes to stderr): once per span dropped from a full queue, once per
+        # malformed traceparent a client sends (quoting it). On the request path, with
+        # the client's text: only its errors (a failed export) are let through.
+        logging.getLogger("opentelemetry").setLevel(logging.ERROR)
+        self._close_within_s = config.export_timeout_s
         resource = {"service.name": SERVICE_NAME}
         if worker is not None:
             resource["llm_gateway.worker"] = worker
@@ -57,6 +67,7 @@ class Tracing:
             BatchSpanProcessor(
                 exporter,
                 max_queue_size=config.max_queue,
+                max_export_batch_size=min(_BATCH, config.max_queue),
                 schedule_delay_millis=config.export_delay_ms,
                 export_timeout_millis=config.export_timeout_s * 1000,
             )
@@ -79,9 +90,14 @@ class Tracing:
         return RequestTrace(self._tracer, span)
 
     def close(self) -> None:
-        """Sends the spans still queued (waiting at most the export timeout) and stops the
-        exporter's thread. Blocking: run it off the event loop."""
-        self._provider.shutdown()
+        """Sends the spans still queued and stops the exporter's thread, waiting at most
+        the export timeout (the SDK's own shutdown would wait 30 s for a collector that
+        does not answer, past a supervisor's patience). Blocking: run it off the loop."""
+        closing = threading.Thread(
+            target=self._provider.shutdown, name="tracing-close", daemon=True
+        )
+        closing.start()
+        closing.join(self._close_within_s)
 
 
 class RequestTrace:

@@ -280,8 +280,6 @@ class UpstreamCaller:
                 span.end(**_failed_attempt(failure, retry_reason))
             raise
         self._metrics.child(duration, name, "ok").observe(time.perf_counter() - started)
-        if span is not None:
-            span.end(**_attempt_ended("ok", retry_reason, 200))
         if isinstance(answer, StreamAnswer):
             # The connection first: the next call in line for the slot then finds it free.
             answer.on_close += (state.ended, pool.release, lambda: capacity.release(name))
@@ -289,6 +287,8 @@ class UpstreamCaller:
             state.outstanding -= 1
             pool.release()
             capacity.release(name)
+        if span is not None:  # after the releases: nothing above depends on tracing
+            span.end(**_attempt_ended("ok", retry_reason, 200))
         return answer
 
     async def _wait_for_connection(self, name: str, pool: ConnectionPool, deadline: float) -> None:

@@ -101,11 +101,13 @@ def prices_of(config: GatewayConfig) -> dict[str, ModelPrice]:
 
 class NoSecretsNeeded(Mapping[str, str]):
     """The environment a configuration is read in for its prices: every variable is set
-    (to a placeholder). The report reads no upstream key, so a configuration is read where
-    the keys `serve` needs are not in the environment (an operator's shell)."""
+    (to a placeholder). The report reads no secret, so a configuration is read where the
+    upstream keys and collector headers `serve` needs are not in the environment (an
+    operator's shell). The placeholder is a `name=value` pair, the shape of the most
+    demanding secret, `tracing.headers_env`'s, so that every secret's check passes."""
 
     def __getitem__(self, variable: str) -> str:
-        return "(not read by llm-gateway usage)"
+        return "not-read=by-llm-gateway-usage"
 
     def __iter__(self) -> Iterator[str]:
         return iter(())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
@@ -47,7 +49,13 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 
 
 def traced(raw: dict[str, Any], receiver: OtlpReceiver, **tracing: Any) -> dict[str, Any]:
-    raw["tracing"] = {"endpoint": receiver.endpoint, "export_delay_ms": 20, **tracing}
+    # A queue smaller than the SDK's default batch (512), which the SDK would refuse.
+    raw["tracing"] = {
+        "endpoint": receiver.endpoint,
+        "export_delay_ms": 20,
+        "max_queue": 64,
+        **tracing,
+    }
     return raw
 
 
@@ -345,3 +353,40 @@ async def test_export_headers_from_the_environment_reach_the_collector(
         await server.close()
 
     assert {headers.get("x-api-key") for headers in receiver.headers} == {"collector-key"}
+
+
+async def test_stopping_waits_for_a_silent_collector_at_most_the_export_timeout(
+    upstream: RunningUpstream,
+) -> None:
+    silent = TestServer(hanging_collector())
+    await silent.start_server()
+    raw = config_dict(upstream.url)
+    endpoint = str(silent.make_url("")).rstrip("/")
+    raw["tracing"] = {"endpoint": endpoint, "export_delay_ms": 60_000, "export_timeout_s": 1}
+    config = parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
+    server = TestServer(build_app(config, log_stream=io.StringIO()))
+    await server.start_server()
+    gateway = RunningGateway(server, io.StringIO(), config)
+    # About 1,250 spans: three batches of the SDK's 512, each export of which would hang
+    # for the export timeout.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(25):
+        replies = await asyncio.gather(*(post_chat(gateway, body) for _ in range(10)))
+        assert [reply.status for reply in replies] == [200] * 10
+
+    started = time.monotonic()
+    await server.close()  # the spans' export hangs: given up after the export timeout
+    took = time.monotonic() - started
+    await silent.close()
+
+    assert took < 1 + 1.5, took  # not the SDK's own 30 s
+
+
+def hanging_collector() -> web.Application:
+    async def never_answers(request: web.Request) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", never_answers)
+    return app

@@ -64,10 +64,13 @@ def audit(tmp_path: Path) -> Path:
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     raw = config_dict("http://127.0.0.1:9")
     raw["models"][MODEL]["price"] = {"input_per_million": 0.5, "output_per_million": 1.5}
+    raw["tracing"] = {"endpoint": "http://127.0.0.1:4318", "headers_env": "OTLP_HEADERS"}
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    # The operator's shell has none of the gateway's upstream keys.
+    # The operator's shell has none of the gateway's secrets (upstream keys, the
+    # collector's headers).
     monkeypatch.delenv(UPSTREAM_KEY_ENV, raising=False)
+    monkeypatch.delenv("OTLP_HEADERS", raising=False)
     return path
 
 
