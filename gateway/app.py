@@ -208,8 +208,13 @@ def build_paths(
     def trace(route: str, operation: str | None = None) -> list[Stage]:
         return [] if tracing is None else [Trace(tracing, route, operation)]
 
-    def traced(stage: Stage, span: str, attributes: SpanAttributes | None = None) -> Stage:
-        return stage if tracing is None else Traced(stage, span, attributes)
+    def traced(
+        stage: Stage,
+        span: str,
+        attributes: SpanAttributes | None = None,
+        applies: Callable[[Exchange], bool] | None = None,
+    ) -> Stage:
+        return stage if tracing is None else Traced(stage, span, attributes, applies)
 
     chat: list[Stage] = [
         audit,
@@ -228,9 +233,9 @@ def build_paths(
             ),
             "rate_limit",
         ),
-        traced(SafetyCheck(safety), "safety_check", _safety_verdict),
+        traced(SafetyCheck(safety), "safety_check", _safety_verdict, _safety_asked),
         CallUpstream(caller),
-        traced(AnswerCheck(safety), "answer_safety_check", _answer_verdict),
+        traced(AnswerCheck(safety), "answer_safety_check", _answer_verdict, _answer_checked),
         Relay(shared.live_streams),
     ]
     return Paths(
@@ -247,6 +252,22 @@ def build_paths(
             shared.log,
         ),
         keys=tuple(keys),
+    )
+
+
+def _safety_asked(exchange: Exchange) -> bool:
+    """The safety stage asks the safety model (not when the upstream checks natively)."""
+    policy = exchange.policy
+    return policy is not None and policy.safety_model is not None and not policy.native_safety
+
+
+def _answer_checked(exchange: Exchange) -> bool:
+    policy = exchange.policy
+    return (
+        _safety_asked(exchange)
+        and policy is not None
+        and policy.safety is not None
+        and policy.safety.check_output
     )
 
 

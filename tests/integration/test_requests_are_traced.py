@@ -25,6 +25,7 @@ from gateway.config import parse_config
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
     MODEL,
+    OPENAI_MODEL,
     TEAM_KEY,
     UPSTREAM_KEY,
     UPSTREAM_KEY_ENV,
@@ -32,6 +33,7 @@ from tests.conftest import (
     RunningGateway,
     RunningUpstream,
     StartGateway,
+    add_safety_model,
     config_dict,
     post_chat,
     sdk_for,
@@ -125,16 +127,9 @@ async def test_a_request_continues_the_clients_trace_into_the_upstream(
     assert server.status == "STATUS_CODE_UNSET"
     assert server.resource["service.name"] == "llm-gateway"
     children = receiver.children(server)
-    assert names(children) == [
-        "rate_limit",
-        "safety_check",
-        f"chat {UPSTREAM_MODEL}",
-        "answer_safety_check",
-    ]
-    # No policy asks for a safety check here: the stages say so, and wait for nothing.
-    assert children[1].attributes == {"llm_gateway.safety.verdict": "not_checked"}
-    assert children[3].attributes == {}
-    attempt = children[2]
+    # No policy asks for a safety check here: no span for those stages.
+    assert names(children) == ["rate_limit", f"chat {UPSTREAM_MODEL}"]
+    attempt = children[1]
     assert attempt.kind == "SPAN_KIND_CLIENT"
     assert attempt.attributes == {
         "gen_ai.operation.name": "chat",
@@ -390,3 +385,38 @@ def hanging_collector() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/traces", never_answers)
     return app
+
+
+async def test_a_safety_check_has_its_span_with_its_verdict(
+    start_gateway: StartGateway,
+    upstream: RunningUpstream,
+    spare_upstream: RunningUpstream,
+    receiver: OtlpReceiver,
+) -> None:
+    raw = config_dict(upstream.url)
+    add_safety_model(raw, spare_upstream.url, "llama-guard-test")
+    raw["policies"] = {"guarded": {"safety": {"model": "llama-guard-test", "check_output": True}}}
+    raw["teams"]["team-a"]["policies"] = ["guarded"]
+    gateway = await start_gateway(traced(raw, receiver))
+    trace_id, _, traceparent = client_trace()
+
+    # An OpenAI-dialect upstream: the gateway asks the safety model itself (a Together
+    # upstream would check natively, and no stage would wait).
+    reply = await post_chat(
+        gateway,
+        {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": CANARY}]},
+        headers={"Authorization": f"Bearer {TEAM_KEY}", "traceparent": traceparent},
+    )
+    server = await receiver.wait_for_server_span(trace_id)
+
+    assert reply.status == 200
+    children = receiver.children(server)
+    assert names(children) == [
+        "rate_limit",
+        "safety_check",
+        f"chat {OPENAI_MODEL}",
+        "answer_safety_check",
+    ]
+    assert children[1].attributes == {"llm_gateway.safety.verdict": "safe"}
+    assert children[3].attributes == {"llm_gateway.safety.verdict": "safe"}
+    assert_nothing_secret(receiver)
