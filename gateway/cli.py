@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,6 +25,9 @@ from gateway.testing.fake_upstream import Behavior, FakeUpstream, serve
 from gateway.usage import render
 from gateway.usage.audit_files import AuditFileError, check_readable
 from gateway.usage.report import GROUPINGS, NoSecretsNeeded, UsageReport, Window, moment, prices_of
+
+# Signals a single process holds while it starts (see `_serve`).
+_HELD_WHILE_STARTING = {signal.SIGHUP, signal.SIGUSR1}
 
 # Package data (gateway/data/), so that `demo` works from an installed wheel as from a
 # checkout: in the repository these are symlinks to examples/ and policies/.
@@ -258,6 +262,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"{args.config}: {problem}", file=sys.stderr)
             return 2
     with contextlib.ExitStack() as on_exit:
+        # The pid file is there for SIGHUP and SIGUSR1 (logrotate's postrotate), whose
+        # default action ends a process: one process holds them from before the file is
+        # written until its handlers are in place (the supervisor does it for workers).
+        held = None
+        if args.workers == 1:
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_WHILE_STARTING)
         # One pid file per replica: the parent's, when there are workers (it forwards the
         # SIGHUP to each of them).
         if not _write_pid_file(on_exit, args.pid_file):
@@ -266,7 +276,8 @@ def _serve(args: argparse.Namespace) -> int:
             host = args.host or config.server.host
             port = args.port if args.port is not None else config.server.port
             return supervisor.run(source, args.workers, host, port, loop_factory=_new_loop)
-        _run(build_app(source), config, args.host, args.port)
+        assert held is not None
+        _run(build_app(source), config, args.host, args.port, held)
     return 0
 
 
@@ -301,13 +312,27 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(app: web.Application, config: GatewayConfig, host: str | None, port: int | None) -> None:
+def _run(
+    app: web.Application,
+    config: GatewayConfig,
+    host: str | None,
+    port: int | None,
+    held: set[signal.Signals | int] | None = None,
+) -> None:
+    """Serves `app`; with `held`, the signal mask before start-up held some signals (see
+    `_serve`), restored once the handlers are in place."""
     server.serve(
         app,
         host=host or config.server.host,
         port=port if port is not None else config.server.port,
         loop_factory=_new_loop,
+        listening=None if held is None else lambda: _restore(held),
     )
+
+
+def _restore(mask: set[signal.Signals | int]) -> None:
+    """The signals held while the process started are delivered now, to its handlers."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

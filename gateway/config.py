@@ -118,7 +118,7 @@ class AuditConfig(BaseModel):
     # The file audit lines are appended to (created if missing; its directory must exist:
     # the gateway does not start otherwise). Absent: the log stream, whatever log_level
     # says. Restart only. SIGUSR1 makes the gateway open the path again (logrotate).
-    path: str | None = None
+    path: Annotated[str, Field(min_length=1)] | None = None
     # While audit lines cannot be written to `path` (disk full, file removed and not
     # creatable, permission): "continue" serves requests and counts the lines lost
     # (llm_gateway_audit_write_failures_total); "refuse" answers API requests 503
@@ -325,6 +325,11 @@ class QueueConfig(BaseModel):
     max_depth: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
+# An HTTP header's name (RFC 9110's token), and what no header value may hold.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 class TracingConfig(BaseModel):
     """OpenTelemetry traces of API requests, exported over OTLP/HTTP (protobuf). Off unless
     `endpoint` is set; off, the request path does no tracing work at all. Read at start-up
@@ -341,12 +346,14 @@ class TracingConfig(BaseModel):
     # The share of new traces kept. A request whose client sent a `traceparent` follows the
     # client's sampling decision instead (parent-based), so a trace is kept whole or not.
     sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
-    # Spans are sent in batches at most this long after they end.
-    export_delay_ms: Annotated[float, Field(gt=0, le=60_000)] = 2000.0
+    # Spans are sent in batches at most this long after they end (or sooner, once a batch
+    # of 512 is waiting).
+    export_delay_ms: Annotated[float, Field(ge=10, le=60_000)] = 2000.0
     # One export request waits at most this long; spans it could not deliver are dropped
     # (and counted by the SDK's log), never retried into unbounded memory.
     export_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
-    # Spans waiting for export at most; beyond, new ones are dropped.
+    # Spans waiting for export at most; beyond, the oldest waiting is dropped for each new
+    # one (a collector that cannot keep up costs spans, never memory).
     max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 8192
 
     @field_validator("headers_env", mode="before")
@@ -361,10 +368,12 @@ class TracingConfig(BaseModel):
         if not value:
             raise ValueError(f"environment variable {variable} is not set or empty")
         for i, pair in enumerate(value.split(",")):
-            name, equals, _ = pair.partition("=")
-            if not equals or not name.strip():
-                # Names the position only: the value may be a secret.
+            name, equals, text = pair.partition("=")
+            # Names the position only: the value may be a secret.
+            if not equals or not _HEADER_NAME.fullmatch(unquote(name.strip())):
                 raise ValueError(f"{variable}: entry {i + 1} is not name=value")
+            if _CONTROL.search(unquote(text)):
+                raise ValueError(f"{variable}: entry {i + 1} has a control character")
         return EnvSecret(variable, value)
 
     def export_headers(self) -> dict[str, str]:

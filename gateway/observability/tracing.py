@@ -6,6 +6,9 @@ the upstream caller open in it).
 Only made when tracing is configured: without it the request path has no trace stage, no
 wrapped stage and passes no trace to the caller, so it does no tracing work at all.
 
+A tracing failure never fails a request: whatever the SDK raises while a span is made or
+ended leaves that span unrecorded (the request's, or one child's), nothing else.
+
 What a span may hold is chosen here, attribute by attribute: names, counts, statuses and
 error codes, never message content, never keys; exceptions are never recorded (their
 messages may quote an upstream's answer). Spans are built from explicit parents, not from
@@ -75,19 +78,22 @@ class Tracing:
         self._tracer = self._provider.get_tracer("llm_gateway")
         self._propagator = TraceContextTextMapPropagator()
 
-    def request(self, headers: Mapping[str, str], method: str, route: str) -> RequestTrace:
+    def request(self, headers: Mapping[str, str], method: str, route: str) -> RequestTrace | None:
         """The trace of one request: its server span, continuing the client's trace when
-        it sent a valid W3C `traceparent` (and its `tracestate`)."""
-        parent = self._propagator.extract(headers)
-        span = self._tracer.start_span(
-            f"{method} {route}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "http.route": route},
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        return RequestTrace(self._tracer, span)
+        it sent a valid W3C `traceparent` (and its `tracestate`); None if the SDK failed."""
+        try:
+            parent = self._propagator.extract(headers)
+            span = self._tracer.start_span(
+                f"{method} {route}",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "http.route": route},
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            return RequestTrace(self._tracer, span)
+        except Exception:  # see the module docstring
+            return None
 
     def close(self) -> None:
         """Sends the spans still queued and stops the exporter's thread, waiting at most
@@ -112,11 +118,13 @@ class RequestTrace:
         self._context = trace.set_span_in_context(span)
 
     def child(self, name: str) -> ChildSpan:
-        return ChildSpan(
-            self._tracer.start_span(
+        try:
+            span = self._tracer.start_span(
                 name, context=self._context, record_exception=False, set_status_on_exception=False
             )
-        )
+        except Exception:  # see the module docstring
+            return ChildSpan(trace.INVALID_SPAN)
+        return ChildSpan(span)
 
     def queue_wait(self) -> ChildSpan:
         return self.child("queue_wait")
@@ -135,23 +143,29 @@ class RequestTrace:
         }
         if url.port is not None:
             attributes["server.port"] = url.port
-        span = self._tracer.start_span(
-            f"chat {target.upstream_model}",
-            context=self._context,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        try:
+            span = self._tracer.start_span(
+                f"chat {target.upstream_model}",
+                context=self._context,
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        except Exception:  # see the module docstring
+            return AttemptSpan(trace.INVALID_SPAN)
         return AttemptSpan(span)
 
     def end(self, name: str, attributes: dict[str, SpanValue], failed: bool) -> None:
         span = self.span
-        span.update_name(name)
-        span.set_attributes(attributes)
-        if failed:
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        try:
+            span.update_name(name)
+            span.set_attributes(attributes)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        except Exception:  # see the module docstring
+            return
 
 
 class ChildSpan:
@@ -161,9 +175,12 @@ class ChildSpan:
         self._span = span
 
     def end(self, **attributes: SpanValue) -> None:
-        if attributes:
-            self._span.set_attributes(attributes)
-        self._span.end()
+        try:
+            if attributes:
+                self._span.set_attributes(attributes)
+            self._span.end()
+        except Exception:  # see the module docstring
+            return
 
 
 class AttemptSpan(ChildSpan):
@@ -175,12 +192,15 @@ class AttemptSpan(ChildSpan):
     def __init__(self, span: trace.Span) -> None:
         super().__init__(span)
         context = span.get_span_context()
+        if not context.is_valid:  # the SDK failed to make it: nothing to continue
+            self.headers = b""
+            return
         lines = b"traceparent: 00-%032x-%016x-%02x\r\n" % (
             context.trace_id,
             context.span_id,
             context.trace_flags,
         )
-        state = context.trace_state.to_header()
+        state = _bounded_state(context.trace_state.to_header())
         if state:
             lines += b"tracestate: %s\r\n" % state.encode("ascii", "replace")
         self.headers = lines
@@ -189,3 +209,17 @@ class AttemptSpan(ChildSpan):
         if attributes.get("llm_gateway.attempt.outcome") == "failed":
             self._span.set_status(Status(StatusCode.ERROR))
         super().end(**attributes)
+
+
+def _bounded_state(state: str) -> str:
+    """The client's `tracestate`, its whole leading members within 512 characters (W3C
+    allows dropping members; an 8 KB header line would be refused by many front ends), and
+    never a line break (the SDK admits printable ASCII only: this keeps it so)."""
+    if "\r" in state or "\n" in state:
+        return ""
+    while len(state) > _MAX_STATE:
+        state = state.rpartition(",")[0]
+    return state
+
+
+_MAX_STATE = 512

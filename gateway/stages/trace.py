@@ -31,6 +31,7 @@ class Trace(Stage):
 
     async def enter(self, exchange: Exchange) -> None:
         http = exchange.http
+        # None when the SDK failed: the request goes on untraced.
         exchange.trace = self._tracing.request(http.headers, http.method, self._route)
 
     def leave(self, exchange: Exchange) -> None:

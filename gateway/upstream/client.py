@@ -22,6 +22,7 @@ applies them to the writes to the client, the side this layer cannot see.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ from gateway.upstream.sse import EventTooLarge, is_done, iter_events
 
 # Upstream error bodies are read only this far: enough for any real error message.
 _MAX_ERROR_BODY = 64 * 1024
+# An error code is an identifier (`context_length_exceeded`, vLLM's `400`): what is not one
+# (free text, a quote of the request) is dropped, so that the codes passed on can be
+# counted (the audit line, usage reports) and put in spans.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class AttemptFailed(Exception):
@@ -388,4 +393,7 @@ async def _upstream_error_fields(
         value = error.get(key)
         return str(value)[:MAX_UPSTREAM_MESSAGE] if value is not None else None
 
-    return text("message"), text("param"), text("code")
+    code = text("code")
+    if code is not None and not _ERROR_CODE.fullmatch(code):
+        code = None
+    return text("message"), text("param"), code

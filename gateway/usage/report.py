@@ -61,7 +61,7 @@ class AuditLine(TypedDict):
     team: str | None
     model: str | None
     status: int
-    latency_ms: Annotated[float, Field(ge=0)]
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     prompt_tokens: Annotated[int, Field(ge=0)] | None
     completion_tokens: Annotated[int, Field(ge=0)] | None
     # Absent from lines written before the field existed.

@@ -420,3 +420,27 @@ async def test_a_safety_check_has_its_span_with_its_verdict(
     assert children[1].attributes == {"llm_gateway.safety.verdict": "safe"}
     assert children[3].attributes == {"llm_gateway.safety.verdict": "safe"}
     assert_nothing_secret(receiver)
+
+
+async def test_a_long_tracestate_is_passed_on_cut_to_whole_members_within_512(
+    start_gateway: StartGateway, upstream: RunningUpstream, receiver: OtlpReceiver
+) -> None:
+    gateway = await start_gateway(traced(config_dict(upstream.url), receiver))
+    trace_id, _, traceparent = client_trace()
+    members = [f"vendor{i:02d}=value-{i:02d}-{'x' * 12}" for i in range(30)]  # 30 chars each
+
+    reply = await post_chat(
+        gateway,
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={
+            "Authorization": f"Bearer {TEAM_KEY}",
+            "traceparent": traceparent,
+            "tracestate": ",".join(members),
+        },
+    )
+    await receiver.wait_for_server_span(trace_id)
+
+    assert reply.status == 200
+    sent = upstream.state.requests[-1].headers["tracestate"]
+    # 16 members of 30 characters and their commas: 495; a 17th would make 526.
+    assert sent == ",".join(members[:16])

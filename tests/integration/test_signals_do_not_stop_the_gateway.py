@@ -6,14 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from gateway.testing.fake_upstream import Behavior
-from tests.conftest import RunningUpstream, auth, chat_body, config_dict
-from tests.gateway_process import gateway_process
+from tests.conftest import (
+    UPSTREAM_KEY,
+    UPSTREAM_KEY_ENV,
+    RunningUpstream,
+    auth,
+    chat_body,
+    config_dict,
+    free_port,
+)
+from tests.gateway_process import ROOT, gateway_process, wait_until_ready
 
 SIGNALS = {
     "SIGHUP": signal.SIGHUP,
@@ -65,3 +78,39 @@ async def test_signals_neither_stop_the_gateway_nor_cut_its_streams(
     assert [r["trigger"] for r in reload_lines] == ["SIGHUP"]
     assert [r["generation"] for r in unchanged] == [1]
     assert ignored == [name for name in SIGNALS if name not in ("SIGHUP", "SIGUSR1")]
+
+
+def test_a_rotation_signal_while_the_gateway_starts_does_not_end_it(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    # logrotate signals whatever process the pid file names, possibly one still starting.
+    config = tmp_path / "gateway.yaml"
+    raw = config_dict(upstream.url)
+    raw["server"]["port"] = free_port()
+    raw["audit"] = {"path": str(tmp_path / "audit.jsonl")}
+    config.write_text(yaml.safe_dump(raw))
+    pid_file, log = tmp_path / "gateway.pid", tmp_path / "gateway.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
+                *("--pid-file", str(pid_file)),
+            ],
+            cwd=ROOT,
+            env={**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        # As soon as the file names it: long before its handlers are in place.
+        for number in (signal.SIGUSR1, signal.SIGHUP):
+            process.send_signal(number)
+        wait_until_ready(process, raw["server"]["port"], log)
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        assert process.wait(timeout=20) == 0

@@ -197,3 +197,35 @@ async def test_model_forwarded_is_upstream_name_for_public_name(
 
     assert status == 200
     assert upstream.state.requests[-1].body["model"] == "fake/llama-3.1-8b"
+
+
+@pytest.mark.parametrize(
+    ("code", "passed_on"),
+    [
+        ("context_length_exceeded", "context_length_exceeded"),
+        (400, "400"),  # vLLM's codes are HTTP statuses
+        ("the prompt said: hello there, and more", None),  # not an identifier: dropped
+        ("x" * 65, None),
+    ],
+)
+async def test_an_upstream_error_code_is_passed_on_only_when_it_is_an_identifier(
+    start_gateway: StartGateway, upstream: RunningUpstream, code: Any, passed_on: str | None
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        error = {"message": "no", "type": "invalid_request_error", "param": None, "code": code}
+        return web.json_response({"error": error}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        gateway = await start_gateway(config_dict(str(server.make_url("")).rstrip("/")))
+        status, _, body = await post(gateway, chat_body())
+    finally:
+        await server.close()
+
+    assert status == 400
+    assert assert_openai_error(body)["code"] == passed_on
+    (audit,) = gateway.log_records("audit")
+    assert audit["error_code"] == passed_on

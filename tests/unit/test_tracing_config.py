@@ -34,6 +34,21 @@ def test_export_headers_are_read_from_the_named_variable_and_decoded() -> None:
     assert "s3cr" not in repr(config.tracing)
 
 
+def test_a_header_value_with_a_line_break_is_refused_not_quoted() -> None:
+    # Decoded, it would make every export's request invalid: every span lost, silently.
+    with pytest.raises(ConfigError) as refused:
+        with_tracing(
+            {"OTLP_HEADERS": "x-api-key=s3cret%0D%0Ax-evil: 1"},
+            endpoint="http://127.0.0.1:4318",
+            headers_env="OTLP_HEADERS",
+        )
+
+    assert refused.value.problems == [
+        "tracing.headers_env: OTLP_HEADERS: entry 1 has a control character"
+    ]
+    assert "s3cret" not in str(refused.value)
+
+
 def test_a_malformed_header_entry_is_named_by_position_and_not_quoted() -> None:
     with pytest.raises(ConfigError) as refused:
         with_tracing(
@@ -53,6 +68,7 @@ def test_a_malformed_header_entry_is_named_by_position_and_not_quoted() -> None:
     [
         ({"endpoint": "collector:4318"}, "tracing.endpoint"),
         ({"endpoint": "http://127.0.0.1:4318", "sample_ratio": 1.5}, "tracing.sample_ratio"),
+        ({"endpoint": "http://127.0.0.1:4318", "export_delay_ms": 1}, "tracing.export_delay_ms"),
         (
             {"endpoint": "http://127.0.0.1:4318", "headers_env": "UNSET_VARIABLE"},
             "tracing.headers_env",

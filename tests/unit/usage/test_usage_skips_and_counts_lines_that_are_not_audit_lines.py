@@ -25,6 +25,13 @@ def test_other_events_and_unreadable_lines_are_skipped_and_counted(tmp_path: Pat
     good = audit_line(team="search", prompt_tokens=7)
     missing_status = json.dumps({**json.loads(good), "status": None}) + "\n"
     negative_latency = json.dumps({**json.loads(good), "latency_ms": -1}) + "\n"
+    # 1e400 is a JSON number that no float holds: read as infinity, not a latency.
+    infinite_latency = (
+        json.dumps({**json.loads(good), "latency_ms": 7}).replace(
+            '"latency_ms": 7', '"latency_ms": 1e400'
+        )
+        + "\n"
+    )
     lines = (
         good,
         '{"event":"request","status":200,"timestamp":"2025-03-10T12:00:00.000000Z"}\n',
@@ -36,6 +43,7 @@ def test_other_events_and_unreadable_lines_are_skipped_and_counted(tmp_path: Pat
         '{"event": 42}\n',
         missing_status,
         negative_latency,
+        infinite_latency,
         good.replace("2025-03-10T12:00:00.000000Z", "last tuesday"),
         good,
         good[:-30],  # the last line, cut by a crash
