@@ -346,6 +346,11 @@ class TracingConfig(BaseModel):
     # The share of new traces kept. A request whose client sent a `traceparent` follows the
     # client's sampling decision instead (parent-based), so a trace is kept whole or not.
     sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # A client's sampled `traceparent` is traced whatever `sample_ratio` says (the W3C's
+    # and the SDK's default: its trace is kept whole). False: the ratio applies to those
+    # too; any client, unauthenticated ones included, can otherwise have every one of its
+    # requests traced, at about 0.7 ms of CPU each. Either way the context is continued.
+    follow_client_sampling: bool = True
     # Spans are sent in batches at most this long after they end (or sooner, once a batch
     # of 512 is waiting).
     export_delay_ms: Annotated[float, Field(ge=10, le=60_000)] = 2000.0

@@ -56,8 +56,11 @@ class Tracing:
         resource = {"service.name": SERVICE_NAME}
         if worker is not None:
             resource["llm_gateway.worker"] = worker
+        ratio = TraceIdRatioBased(config.sample_ratio)
         self._provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            sampler=ParentBased(ratio)
+            if config.follow_client_sampling
+            else ParentBased(ratio, remote_parent_sampled=ratio),
             resource=Resource.create(resource),
             shutdown_on_exit=False,  # closed with the application, whose end flushes it
         )

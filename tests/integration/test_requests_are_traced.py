@@ -444,3 +444,26 @@ async def test_a_long_tracestate_is_passed_on_cut_to_whole_members_within_512(
     sent = upstream.state.requests[-1].headers["tracestate"]
     # 16 members of 30 characters and their commas: 495; a 17th would make 526.
     assert sent == ",".join(members[:16])
+
+
+async def test_the_ratio_can_decide_for_a_clients_sampled_trace_too(
+    upstream: RunningUpstream, receiver: OtlpReceiver
+) -> None:
+    raw = traced(config_dict(upstream.url), receiver, sample_ratio=0, follow_client_sampling=False)
+    config = parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
+    server = TestServer(build_app(config, log_stream=io.StringIO()))
+    await server.start_server()
+    trace_id, _, traceparent = client_trace()
+    try:
+        reply = await post_chat(
+            RunningGateway(server, io.StringIO(), config),
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {TEAM_KEY}", "traceparent": traceparent},
+        )
+        assert reply.status == 200
+    finally:
+        await server.close()  # sends whatever it still holds
+
+    assert receiver.spans == []  # the client asked for it; the ratio (0) said no
+    (sent,) = sent_traceparents(upstream)
+    assert sent.startswith(f"00-{trace_id}-") and not sampled(sent)  # continued all the same
