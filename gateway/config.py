@@ -68,6 +68,20 @@ class EnvSecret:
     __str__ = __repr__
 
 
+def _read_env_secret(variable: Any, info: ValidationInfo) -> EnvSecret | None:
+    """The secret held by the environment variable named `variable` (None: no variable
+    named), from the environment parse_config was given."""
+    if variable is None:
+        return None
+    if not isinstance(variable, str) or not variable:
+        raise ValueError("expected the name of an environment variable")
+    environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+    value = environ.get(variable)
+    if not value:
+        raise ValueError(f"environment variable {variable} is not set or empty")
+    return EnvSecret(variable, value)
+
+
 class ServerConfig(BaseModel):
     """The process and its listener: read once at start-up, so every setting here takes
     effect only with a restart (a reload that changes one is refused, see `reload`)."""
@@ -201,15 +215,7 @@ class UpstreamConfig(BaseModel):
     @field_validator("api_key_env", mode="before")
     @classmethod
     def _read_secret(cls, variable: Any, info: ValidationInfo) -> EnvSecret | None:
-        if variable is None:
-            return None
-        if not isinstance(variable, str) or not variable:
-            raise ValueError("expected the name of an environment variable")
-        environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
-        value = environ.get(variable)
-        if not value:
-            raise ValueError(f"environment variable {variable} is not set or empty")
-        return EnvSecret(variable, value)
+        return _read_env_secret(variable, info)
 
 
 class ModelUpstream(BaseModel):
@@ -364,14 +370,10 @@ class TracingConfig(BaseModel):
     @field_validator("headers_env", mode="before")
     @classmethod
     def _read_headers(cls, variable: Any, info: ValidationInfo) -> EnvSecret | None:
-        if variable is None:
+        secret = _read_env_secret(variable, info)
+        if secret is None:
             return None
-        if not isinstance(variable, str) or not variable:
-            raise ValueError("expected the name of an environment variable")
-        environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
-        value = environ.get(variable)
-        if not value:
-            raise ValueError(f"environment variable {variable} is not set or empty")
+        variable, value = secret.variable, secret.value
         for i, pair in enumerate(value.split(",")):
             name, equals, text = pair.partition("=")
             # Names the position only: the value may be a secret.
@@ -379,7 +381,7 @@ class TracingConfig(BaseModel):
                 raise ValueError(f"{variable}: entry {i + 1} is not name=value")
             if _CONTROL.search(unquote(text)):
                 raise ValueError(f"{variable}: entry {i + 1} has a control character")
-        return EnvSecret(variable, value)
+        return secret
 
     def export_headers(self) -> dict[str, str]:
         """The extra export headers `headers_env` holds, decoded."""

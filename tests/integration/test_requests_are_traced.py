@@ -67,6 +67,15 @@ def client_trace() -> tuple[str, str, str]:
     return trace_id, span_id, f"00-{trace_id}-{span_id}-01"
 
 
+async def own_gateway(raw: dict[str, Any], **environ: str) -> RunningGateway:
+    """A gateway on `raw` (read with `environ` besides the upstream key) that the test
+    stops itself: `server.close()` sends the spans it still holds."""
+    config = parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY, **environ})
+    server = TestServer(build_app(config, log_stream=io.StringIO()))
+    await server.start_server()
+    return RunningGateway(server, io.StringIO(), config)
+
+
 def sampled(traceparent: str) -> bool:
     """The W3C flags' sampled bit (other bits, such as level 2's random-id, may be set)."""
     return bool(int(traceparent.rsplit("-", 1)[1], 16) & 1)
@@ -329,14 +338,9 @@ async def test_export_headers_from_the_environment_reach_the_collector(
     upstream: RunningUpstream, receiver: OtlpReceiver
 ) -> None:
     raw = traced(config_dict(upstream.url), receiver, headers_env="OTLP_HEADERS")
-    config = parse_config(
-        raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY, "OTLP_HEADERS": "x-api-key=collector-key"}
-    )
-    server = TestServer(build_app(config, log_stream=io.StringIO()))
-    await server.start_server()
+    gateway = await own_gateway(raw, OTLP_HEADERS="x-api-key=collector-key")
     try:
         trace_id, _, traceparent = client_trace()
-        gateway = RunningGateway(server, io.StringIO(), config)
         reply = await post_chat(
             gateway,
             {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
@@ -345,7 +349,7 @@ async def test_export_headers_from_the_environment_reach_the_collector(
         assert reply.status == 200
         await receiver.wait_for_server_span(trace_id)
     finally:
-        await server.close()
+        await gateway.server.close()
 
     assert {headers.get("x-api-key") for headers in receiver.headers} == {"collector-key"}
 
@@ -358,10 +362,7 @@ async def test_stopping_waits_for_a_silent_collector_at_most_the_export_timeout(
     raw = config_dict(upstream.url)
     endpoint = str(silent.make_url("")).rstrip("/")
     raw["tracing"] = {"endpoint": endpoint, "export_delay_ms": 60_000, "export_timeout_s": 1}
-    config = parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
-    server = TestServer(build_app(config, log_stream=io.StringIO()))
-    await server.start_server()
-    gateway = RunningGateway(server, io.StringIO(), config)
+    gateway = await own_gateway(raw)
     # About 1,250 spans: three batches of the SDK's 512, each export of which would hang
     # for the export timeout.
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -370,7 +371,7 @@ async def test_stopping_waits_for_a_silent_collector_at_most_the_export_timeout(
         assert [reply.status for reply in replies] == [200] * 10
 
     started = time.monotonic()
-    await server.close()  # the spans' export hangs: given up after the export timeout
+    await gateway.server.close()  # the spans' export hangs: given up after the export timeout
     took = time.monotonic() - started
     await silent.close()
 
@@ -450,19 +451,17 @@ async def test_the_ratio_can_decide_for_a_clients_sampled_trace_too(
     upstream: RunningUpstream, receiver: OtlpReceiver
 ) -> None:
     raw = traced(config_dict(upstream.url), receiver, sample_ratio=0, follow_client_sampling=False)
-    config = parse_config(raw, environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
-    server = TestServer(build_app(config, log_stream=io.StringIO()))
-    await server.start_server()
+    gateway = await own_gateway(raw)
     trace_id, _, traceparent = client_trace()
     try:
         reply = await post_chat(
-            RunningGateway(server, io.StringIO(), config),
+            gateway,
             {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
             headers={"Authorization": f"Bearer {TEAM_KEY}", "traceparent": traceparent},
         )
         assert reply.status == 200
     finally:
-        await server.close()  # sends whatever it still holds
+        await gateway.server.close()  # sends whatever it still holds
 
     assert receiver.spans == []  # the client asked for it; the ratio (0) said no
     (sent,) = sent_traceparents(upstream)
