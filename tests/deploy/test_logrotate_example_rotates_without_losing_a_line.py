@@ -8,47 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import grp
-import json
 import os
 import pwd
 import shutil
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
-
-from tests.conftest import RunningUpstream, auth, chat_body, config_dict
-from tests.gateway_process import GatewayProcess, start_gateway_process
+from tests.conftest import RunningUpstream, config_dict
+from tests.gateway_process import start_gateway_process
+from tests.integration.audit_trail import request_ids, traffic
 from tests.integration.workers import until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "logrotate" / "llm-gateway"
-
-
-async def traffic(gateway: GatewayProcess, prefix: str, count: int) -> list[str]:
-    ids = [f"{prefix}-{i}" for i in range(count)]
-    slots = asyncio.Semaphore(8)
-    async with aiohttp.ClientSession() as session:
-
-        async def one(request_id: str) -> None:
-            async with (
-                slots,
-                session.post(
-                    f"{gateway.url}/v1/chat/completions",
-                    json=chat_body(),
-                    headers={**auth(), "x-request-id": request_id},
-                ) as resp,
-            ):
-                assert resp.status == 200, await resp.read()
-
-        await asyncio.gather(*(one(i) for i in ids))
-    return ids
-
-
-def request_ids(path: Path) -> list[str]:
-    text = path.read_text()
-    assert text.endswith("\n")
-    return [json.loads(line)["request_id"] for line in text.splitlines()]
 
 
 def example_for(audit: Path, pid_file: Path) -> str:
@@ -77,15 +49,15 @@ async def test_the_shipped_logrotate_config_rotates_a_serving_gateway(
     config = tmp_path / "logrotate.conf"
     config.write_text(example_for(audit, gateway.pid_file))
     try:
-        before = await traffic(gateway, "before", 30)
+        before = list(await traffic(gateway, "before", 30))
         during = asyncio.create_task(traffic(gateway, "during", 60))
         rotated = await asyncio.create_subprocess_exec(
             logrotate, "--force", "--state", str(tmp_path / "logrotate.state"), str(config)
         )
         assert await rotated.wait() == 0
-        sent_during = await during
+        sent_during = list(await during)
         await until(lambda: len(gateway.records("audit_reopened")) == 1)
-        after = await traffic(gateway, "after", 30)
+        after = list(await traffic(gateway, "after", 30))
     finally:
         assert gateway.stop() == 0
 

@@ -8,48 +8,14 @@ its own descriptor of the shared file."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections import Counter
 from pathlib import Path
 
-from gateway.app import WORKER_HEADER
-from tests.conftest import RedisProcess, RunningUpstream, auth, chat_body, config_dict
+from tests.conftest import RedisProcess, RunningUpstream, config_dict
 from tests.gateway_process import GatewayProcess, start_gateway_process
-from tests.integration.workers import fresh_connections, start_workers, until
-
-CONCURRENCY = 8
-
-
-async def traffic(gateway: GatewayProcess, prefix: str, count: int) -> dict[str, str]:
-    """`count` requests, CONCURRENCY at a time, each on a connection of its own; the
-    worker that answered each (its request id to the x-gateway-worker header, "" for a
-    single process)."""
-    slots = asyncio.Semaphore(CONCURRENCY)
-    answered: dict[str, str] = {}
-    async with fresh_connections() as session:
-
-        async def one(request_id: str) -> None:
-            async with (
-                slots,
-                session.post(
-                    f"{gateway.url}/v1/chat/completions",
-                    json=chat_body(),
-                    headers={**auth(), "x-request-id": request_id},
-                ) as resp,
-            ):
-                assert resp.status == 200, await resp.read()
-                answered[request_id] = resp.headers.get(WORKER_HEADER, "")
-
-        await asyncio.gather(*(one(f"{prefix}-{i}") for i in range(count)))
-    return answered
-
-
-def request_ids(path: Path) -> list[str]:
-    """Every line's request id; fails on a line that is not whole JSON."""
-    text = path.read_text()
-    assert text.endswith("\n")
-    return [json.loads(line)["request_id"] for line in text.splitlines()]
+from tests.integration.audit_trail import request_ids, traffic
+from tests.integration.workers import start_workers, until
 
 
 async def rotate_under_traffic(gateway: GatewayProcess, audit: Path, reopens: int) -> None:

@@ -4,11 +4,14 @@ with the seed's status codes, and never a 401 that blames the client's key."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 
 from gateway.testing.fake_upstream import Behavior
 from tests.conftest import (
@@ -27,6 +30,19 @@ from tests.conftest import (
 async def post(gateway: RunningGateway, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
     reply = await post_chat(gateway, body)
     return reply.status, reply.headers, reply.json()
+
+
+@asynccontextmanager
+async def answered_by(chat: Handler) -> AsyncIterator[str]:
+    """An upstream whose chat completions `chat` answers: its base URL, while it serves."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 def assert_openai_error(body: Any) -> dict[str, Any]:
@@ -164,15 +180,9 @@ async def test_upstream_answer_that_is_not_json_is_503(
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>hello</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", html)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        gateway = await start_gateway(config_dict(str(server.make_url("")).rstrip("/")))
+    async with answered_by(html) as url:
+        gateway = await start_gateway(config_dict(url))
         status, _, body = await post(gateway, chat_body())
-    finally:
-        await server.close()
 
     assert status == 503
     assert "not JSON" in assert_openai_error(body)["message"]
@@ -215,15 +225,9 @@ async def test_an_upstream_error_code_is_passed_on_only_when_it_is_an_identifier
         error = {"message": "no", "type": "invalid_request_error", "param": None, "code": code}
         return web.json_response({"error": error}, status=400)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", refuse)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        gateway = await start_gateway(config_dict(str(server.make_url("")).rstrip("/")))
+    async with answered_by(refuse) as url:
+        gateway = await start_gateway(config_dict(url))
         status, _, body = await post(gateway, chat_body())
-    finally:
-        await server.close()
 
     assert status == 400
     assert assert_openai_error(body)["code"] == passed_on
